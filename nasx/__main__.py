@@ -1,0 +1,3 @@
+from nasx.cli import main
+
+main()

@@ -1,0 +1,81 @@
+"""``nasx`` console script (also ``python -m nasx``): Hydra composes the config, :func:`nasx.pipeline.run` runs it.
+
+``nasx resume=<run dir> [overrides]`` continues a killed run in its own directory with its own overrides (read from
+``<run dir>/.hydra/overrides.yaml``); overrides given now win, e.g. ``nasx resume=<dir> stages=[search]``.
+User errors (:class:`nasx.errors.NasxError`) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """Rewrite ``resume=<dir> ...`` into the run's original overrides + the new ones + ``hydra.run.dir=<dir>``."""
+    resume = [a for a in argv if _key(a) == "resume"]
+    if not resume:
+        return argv
+    run_dir = Path(resume[-1].split("=", 1)[1])
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        sys.exit(f"nasx: error: resume={run_dir}: not a nasx run directory (no {overrides_file})")
+    original = yaml.safe_load(overrides_file.read_text()) or []
+    new_keys = {_key(a) for a in argv}
+    kept = [o for o in original if _key(o) not in new_keys and _key(o) not in ("resume", "hydra.run.dir")]
+    return kept + argv + [f"hydra.run.dir={run_dir}"]
+
+
+def main() -> None:
+    if not CONF_DIR.is_dir():
+        sys.exit(f"nasx: error: config directory {CONF_DIR} not found (install nasx from a clone: pip install -e .)")
+    sys.argv = [sys.argv[0]] + resume_argv(sys.argv[1:])
+    os.environ.setdefault("WANDB_MODE", "offline")
+
+    import hydra
+    from omegaconf import DictConfig
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def _main(cfg: DictConfig) -> None:
+        from nasx.errors import NasxError
+        from nasx.pipeline import run
+
+        try:
+            results = run(cfg)
+        except NasxError as e:
+            print(f"nasx: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if results:
+            _print_results(results)
+
+    _main()
+
+
+def _print_results(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"nasx · {r['experiment']}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("arch", r["arch_str"])
+    t.add_row("MFLOPs", f"{r['mflops']:.3f}")
+    t.add_row("params", f"{r['params']:,}")
+    if r.get("search_reward") is not None:
+        t.add_row("search reward (supernet, val)", f"{r['search_reward']:.4f}")
+    if "supernet_test_top1" in r:
+        t.add_row("test top-1, inherited weights", f"{100 * r['supernet_test_top1']:.2f} %")
+    t.add_row("test top-1, retrained", f"{100 * r['retrain']['test_top1']:.2f} %")
+    Console().print(t)
+
+
+if __name__ == "__main__":
+    main()

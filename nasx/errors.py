@@ -1,0 +1,25 @@
+"""Errors a user can cause. The CLI prints these as one line and exits non-zero; anything else is a bug."""
+
+
+class NasxError(Exception):
+    """Base class of every user-facing error (bad config, bad input file, infeasible budget)."""
+
+
+class ConfigError(NasxError):
+    """A config key holds a value nasx cannot use. The message names the key and what it accepts."""
+
+
+class ArchError(NasxError):
+    """An architecture does not belong to its space. The message names the gene."""
+
+
+class InfeasibleBudgetError(NasxError):
+    """No architecture of the space fits the budget. The message gives the space's minimum cost."""
+
+
+class DatasetError(NasxError):
+    """A dataset path is missing or malformed. The message names the path and the layout expected."""
+
+
+class NonFiniteLossError(NasxError):
+    """Training produced a NaN or infinite loss; a checkpoint was written before stopping."""

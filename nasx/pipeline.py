@@ -1,0 +1,283 @@
+"""The four stages — train, search, retrain, evaluate — and the run directory.
+
+``run(cfg)`` is a plain function (tests call it with a composed config); the CLI wraps it with Hydra. Every stage is
+resumable: run it again in the same run directory and it continues (training from ``last.ckpt``, search from
+``state.pt`` + ``history.jsonl``) or skips what is finished.
+
+Run directory::
+
+    config.yaml                 the composed config of the run (resume reads it)
+    train/last.ckpt, done.json  supernet training
+    search/history.jsonl, state.pt, best.json, search.png
+    retrain/last.ckpt, model.pt, done.json
+    results.json, report.md
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nasx import artifacts
+from nasx.arch import Arch, Budget, SearchSpace
+from nasx.errors import ConfigError, DatasetError, NasxError
+from nasx.evaluator import Evaluator, bn_recalibrate, classification_metrics
+from nasx.rewards import WeightedSum
+from nasx.search.loop import run_search
+from nasx.search.plots import plot_search
+from nasx.training.standalone import StandaloneTraining
+from nasx.training.supernet import SupernetTraining
+
+log = logging.getLogger("nasx")
+STAGES = ("train", "search", "retrain", "evaluate")
+
+
+class AtomicCheckpointIO(L.pytorch.plugins.TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file and renamed, so a kill never leaves a torn checkpoint."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        artifacts.torch_save(checkpoint, Path(path))
+
+
+# -- setup ---------------------------------------------------------------------------------------------------------
+class Run:
+    """Everything the stages share, built and validated before any work starts."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.paths.run_dir)
+        _check_config(cfg)
+        self.data = instantiate(cfg.data)
+        self.data.check()
+        self.space: SearchSpace = instantiate(cfg.space, in_channels=self.data.in_channels,
+                                              num_classes=self.data.num_classes)
+        self.budget = Budget(mflops=cfg.budget.mflops, params=cfg.budget.params)
+        self.space.check_feasible(self.budget)
+        self.reward = WeightedSum(cfg.reward.weights, name=cfg.reward.get("name", "reward"))
+        self.reward.check(list(Evaluator.metrics))
+        self.fixed_arch = self._load_arch(cfg.arch) if cfg.arch else None
+        # built now so that bad search hyper-parameters fail before training
+        self.strategy = instantiate(cfg.search.strategy, space=self.space, budget=self.budget, seed=cfg.seed)
+
+    def _load_arch(self, path: str) -> Arch:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"arch: no such file '{p}' (expected a JSON arch such as a run's search/best.json)")
+        arch = Arch.from_json(p.read_text(), where=str(p))
+        return self.space.validate(arch, where=str(p))
+
+    def trainer(self, stage: str, epochs: int, val: bool = False) -> L.Trainer:
+        stage_dir = self.dir / stage
+        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=stage_dir, save_last=True, save_top_k=0,
+                                                         every_n_epochs=1)]
+        if self.cfg.progress:
+            callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
+        logger = instantiate(self.cfg.logger, save_dir=str(stage_dir)) if self.cfg.logger else False
+        return instantiate(self.cfg.trainer, max_epochs=epochs, default_root_dir=str(stage_dir), logger=logger,
+                           callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=self.cfg.progress,
+                           limit_val_batches=None if val else 0, num_sanity_val_steps=0,
+                           enable_model_summary=False)
+
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.cfg.trainer.get("accelerator") == "gpu" and torch.cuda.is_available()
+                            else "cpu")
+
+
+def _check_config(cfg: DictConfig) -> None:
+    """Config errors name the key and what it accepts, before any work starts."""
+    bad = [s for s in cfg.stages if s not in STAGES]
+    if bad:
+        raise ConfigError(f"stages: unknown stage '{bad[0]}' (accepted: {', '.join(STAGES)})")
+    for key in ("train.epochs", "retrain.epochs", "search.bn_batches", "search.bn_batch_size"):
+        v = OmegaConf.select(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if "bn_" in key else 0):
+            raise ConfigError(f"{key} must be a {'positive' if 'bn_' in key else 'non-negative'} integer, got {v!r}")
+    w = cfg.train.warmup_epochs
+    if not isinstance(w, int) or not 0 <= w <= cfg.train.epochs:
+        raise ConfigError(f"train.warmup_epochs must be an integer in 0..train.epochs ({cfg.train.epochs}), got {w!r}")
+    for key in ("budget.mflops", "budget.params"):
+        v = OmegaConf.select(cfg, key)
+        if v is not None and (not isinstance(v, (int, float)) or v <= 0):
+            raise ConfigError(f"{key} must be a positive number or null, got {v!r}")
+    if cfg.retrain.init not in ("fresh", "inherited"):
+        raise ConfigError(f"retrain.init must be 'fresh' or 'inherited', got '{cfg.retrain.init}'")
+
+
+def _optim(c: DictConfig) -> dict:
+    return dict(lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov,
+                schedule=c.schedule, label_smoothing=c.label_smoothing)
+
+
+# -- stages --------------------------------------------------------------------------------------------------------
+def train_supernet(run: Run) -> None:
+    stage_dir = run.dir / "train"
+    if (stage_dir / "done.json").exists():
+        log.info("train: done already (%s)", stage_dir / "done.json")
+        return
+    c = run.cfg.train
+    L.seed_everything(run.cfg.seed, workers=True, verbose=False)
+    system = SupernetTraining(run.space.supernet(), run.space, seed=run.cfg.seed, warmup_epochs=c.warmup_epochs,
+                              checkpoint_dir=str(stage_dir), **_optim(c))
+    last = stage_dir / "last.ckpt"
+    trainer = run.trainer("train", c.epochs)
+    trainer.fit(system, datamodule=run.data, ckpt_path=str(last) if last.exists() else None)
+    artifacts.write_json(stage_dir / "done.json", {"epochs": c.epochs, "global_step": trainer.global_step})
+
+
+def load_supernet(run: Run) -> torch.nn.Module:
+    path = run.dir / "train" / "last.ckpt"
+    if not path.exists():
+        raise NasxError(f"search needs a trained supernet at '{path}': run the train stage first "
+                        f"(stages=[train,search,...]) or point resume= at a run that has one")
+    supernet = run.space.supernet()
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    supernet.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    return supernet
+
+
+def search(run: Run) -> dict:
+    c = run.cfg.search
+    run.data.setup("fit")
+    supernet = load_supernet(run).to(run.device())
+    evaluator = Evaluator(supernet, run.data.calibration_batches(c.bn_batches, c.bn_batch_size),
+                          list(run.data.val_dataloader()), device=run.device())
+    out = run.dir / "search"
+    plot = lambda gen, records: plot_search(records, out / "search.png", run.budget.mflops,  # noqa: E731
+                                            title=f"{run.cfg.name}: {run.reward!r}")
+    result = run_search(run.strategy, run.space, evaluator, run.reward, run.budget, out, progress=run.cfg.progress,
+                        on_generation=plot)
+    plot(None, result.records)
+    return result.best
+
+
+def chosen_arch(run: Run) -> tuple[Arch, dict | None]:
+    """The arch to retrain and evaluate: ``arch=`` if given, else the search's best."""
+    if run.fixed_arch is not None:
+        return run.fixed_arch, None
+    best_path = run.dir / "search" / "best.json"
+    if not best_path.exists():
+        raise NasxError(f"no searched arch at '{best_path}': run the search stage first or pass arch=<json file>")
+    best = artifacts.read_json(best_path)
+    return run.space.validate(Arch.from_dict(best["arch"]), where=str(best_path)), best
+
+
+def retrain(run: Run) -> torch.nn.Module:
+    stage_dir = run.dir / "retrain"
+    arch, _ = chosen_arch(run)
+    c = run.cfg.retrain
+    L.seed_everything(run.cfg.seed + 1, workers=True, verbose=False)
+    source = load_supernet(run) if c.init == "inherited" else run.space.supernet()
+    model = source.extract(arch)
+    if (stage_dir / "done.json").exists():
+        model.load_state_dict(torch.load(stage_dir / "model.pt", weights_only=True)["state_dict"])
+        log.info("retrain: done already (%s)", stage_dir / "done.json")
+        return model
+    system = StandaloneTraining(model, checkpoint_dir=str(stage_dir), **_optim(c))
+    last = stage_dir / "last.ckpt"
+    trainer = run.trainer("retrain", c.epochs, val=True)
+    trainer.fit(system, datamodule=run.data, ckpt_path=str(last) if last.exists() else None)
+    artifacts.torch_save({"arch": arch.to_dict(), "state_dict": model.state_dict()}, stage_dir / "model.pt")
+    artifacts.write_json(stage_dir / "done.json", {"epochs": c.epochs, "arch": arch.to_dict()})
+    return model
+
+
+def evaluate(run: Run, model: torch.nn.Module | None = None) -> dict:
+    arch, best = chosen_arch(run)
+    run.data.setup("test")
+    if model is None:
+        path = run.dir / "retrain" / "model.pt"
+        if not path.exists():
+            raise NasxError(f"evaluate needs a retrained model at '{path}': run the retrain stage first")
+        model = run.space.supernet().extract(arch)
+        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    model = model.to(run.device()).eval()
+    to_dev = lambda loader: [(x.to(run.device()), y.to(run.device())) for x, y in loader]  # noqa: E731
+    test = classification_metrics(model, to_dev(run.data.test_dataloader()))
+    val = classification_metrics(model, to_dev(run.data.val_dataloader()))
+    cost = run.space.cost(arch)
+    results = {
+        "experiment": run.cfg.name, "seed": run.cfg.seed, "space": run.space.name, "arch": arch.to_dict(),
+        "arch_str": str(arch), "mflops": cost.mflops, "params": cost.params, "budget": str(run.budget),
+        "reward": repr(run.reward),
+        "search_reward": best["reward"] if best else None, "search_metrics": best["metrics"] if best else None,
+        "retrain": {"test_top1": test["top1"], "test_top5": test["top5"], "val_top1": val["top1"],
+                    "epochs": run.cfg.retrain.epochs, "init": run.cfg.retrain.init},
+    }
+    if (run.dir / "train" / "last.ckpt").exists():  # the same arch with inherited weights, for reference
+        inherited = bn_recalibrate(load_supernet(run).extract(arch).to(run.device()), to_dev(
+            run.data.calibration_batches(run.cfg.search.bn_batches, run.cfg.search.bn_batch_size)))
+        results["supernet_test_top1"] = classification_metrics(inherited, to_dev(run.data.test_dataloader()))["top1"]
+    artifacts.write_json(run.dir / "results.json", results)
+    artifacts.write_text(run.dir / "report.md", report(run, results))
+    return results
+
+
+def report(run: Run, r: dict) -> str:
+    describe = getattr(run.space, "describe", None)
+    lines = [
+        f"# nasx run: {r['experiment']}", "",
+        f"- space: `{r['space']}`, budget: {r['budget']}, reward: `{r['reward']}`, seed: {r['seed']}",
+        f"- arch: `{r['arch_str']}`",
+    ]
+    if describe:
+        lines.append(f"- layers: {describe(run.space.validate(Arch.from_dict(r['arch'])))}")
+    lines += ["", "| metric | value |", "|---|---|",
+              f"| MFLOPs (multiply-accumulates) | {r['mflops']:.3f} |",
+              f"| params | {r['params']:,} |"]
+    if r["search_reward"] is not None:
+        lines.append(f"| search reward (supernet, val) | {r['search_reward']:.4f} |")
+    if "supernet_test_top1" in r:
+        lines.append(f"| test top-1, inherited weights | {100 * r['supernet_test_top1']:.2f} % |")
+    lines += [f"| test top-1, retrained ({r['retrain']['init']}, {r['retrain']['epochs']} epochs) | "
+              f"{100 * r['retrain']['test_top1']:.2f} % |",
+              f"| test top-5, retrained | {100 * r['retrain']['test_top5']:.2f} % |", ""]
+    if (run.dir / "search" / "search.png").exists():
+        lines += ["![search](search/search.png)", ""]
+    return "\n".join(lines)
+
+
+def _remove_empty_run_dir(run_dir: Path) -> None:
+    """A run that failed validation leaves no directory behind: remove Hydra's files (``.hydra/``, the job log)
+    and the directory if nothing else is in it. Never removes anything else."""
+    if not run_dir.is_dir():
+        return
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    for f in run_dir.glob("*.log"):
+        f.unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run ``cfg.stages`` in ``cfg.paths.run_dir``. Returns the results (empty if evaluate is not a stage)."""
+    run_dir = Path(cfg.paths.run_dir)
+    fresh = not (run_dir / "config.yaml").exists()
+    try:
+        r = Run(cfg)
+    except NasxError:
+        if fresh:
+            _remove_empty_run_dir(run_dir)
+        raise
+    if fresh:
+        artifacts.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    results, model = {}, None
+    for stage in STAGES:
+        if stage not in cfg.stages:
+            continue
+        log.info("stage %s", stage)
+        if stage == "train":
+            train_supernet(r)
+        elif stage == "search":
+            search(r)
+        elif stage == "retrain":
+            model = retrain(r)
+        else:
+            results = evaluate(r, model)
+    return results

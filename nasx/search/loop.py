@@ -1,0 +1,134 @@
+"""The search loop: runs any ask/tell strategy against an evaluator, persistently.
+
+Per generation it asks the strategy, enforces the budget, skips candidates already scored, evaluates the rest,
+tells the rewards, appends one record per candidate to ``history.jsonl`` (flushed and fsynced), and checkpoints
+the strategy to ``state.pt``. Killed at any moment, a re-run in the same directory:
+
+* loads the strategy as of the last completed generation,
+* truncates ``history.jsonl`` to the records of completed generations (the records of the interrupted generation
+  are kept in memory so those candidates are not evaluated again),
+* and continues, reaching the same history and best arch as an uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from nasx import artifacts
+from nasx.arch import Arch, Budget, SearchSpace
+from nasx.rewards import WeightedSum
+
+STATE_VERSION = 1
+
+
+@dataclass
+class SearchResult:
+    best: dict  # the best record: arch, metrics, reward, mflops, params, gen
+    records: list[dict]
+    evaluations: int  # candidates evaluated by this process (not taken from cache or a previous run)
+
+
+def _record_arch(record: dict, space: SearchSpace) -> Arch:
+    return space.validate(Arch.from_dict(record["arch"]), where="history record")
+
+
+def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[str, float]], reward: WeightedSum,
+               budget: Budget, out_dir: str | Path, progress: bool = True,
+               on_generation: Callable[[int, list[dict]], None] | None = None) -> SearchResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history_path, state_path = out_dir / "history.jsonl", out_dir / "state.pt"
+
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        strategy.load_state_dict(state["strategy"])
+    records = artifacts.read_jsonl(history_path)
+    done_gens = strategy.generation
+    committed = [r for r in records if r["gen"] < done_gens]
+    recovered = {_record_arch(r, space): r for r in records if r["gen"] >= done_gens and r["metrics"] is not None}
+    artifacts.write_jsonl(history_path, committed)
+    seen: dict[Arch, dict] = {_record_arch(r, space): r for r in committed if r["metrics"] is not None}
+    evaluations = 0
+
+    bar = _Progress(strategy.generations, done_gens, _best_reward(committed)) if progress else None
+    try:
+        while not strategy.done:
+            gen = strategy.generation
+            told, gen_records = [], []
+            for arch in strategy.ask():
+                arch = space.validate(arch)
+                cost = space.cost(arch)
+                rec = {"gen": gen, "arch": arch.to_dict(), "arch_str": str(arch), "mflops": cost.mflops,
+                       "params": cost.params, "cached": False, "metrics": None, "reward": None}
+                if not budget.admits(cost):  # the strategy should never ask this; the loop is the last guard
+                    rec["status"] = "over_budget"
+                    value = float("-inf")
+                else:
+                    if arch in seen:
+                        rec["metrics"], rec["cached"] = seen[arch]["metrics"], True
+                    elif arch in recovered:
+                        rec["metrics"] = recovered[arch]["metrics"]
+                    else:
+                        t0 = time.perf_counter()
+                        rec["metrics"] = dict(evaluate(arch))
+                        rec["seconds"] = round(time.perf_counter() - t0, 4)
+                        evaluations += 1
+                    value = reward(rec["metrics"])
+                    rec["reward"] = value
+                    seen.setdefault(arch, rec)
+                artifacts.append_jsonl(history_path, rec)
+                gen_records.append(rec)
+                told.append((arch, value))
+                if bar:
+                    bar.candidate(value)
+            strategy.tell(told)
+            artifacts.torch_save({"version": STATE_VERSION, "strategy": strategy.state_dict()}, state_path)
+            committed.extend(gen_records)
+            if on_generation is not None:
+                on_generation(gen, committed)
+            if bar:
+                bar.generation_done()
+    finally:
+        if bar:
+            bar.close()
+
+    scored = [r for r in committed if r["reward"] is not None]
+    best = max(scored, key=lambda r: r["reward"])  # max keeps the first of equals: earliest found wins ties
+    artifacts.write_json(out_dir / "best.json", best)
+    return SearchResult(best=best, records=committed, evaluations=evaluations)
+
+
+def _best_reward(records: list[dict]) -> float | None:
+    rewards = [r["reward"] for r in records if r["reward"] is not None]
+    return max(rewards) if rewards else None
+
+
+class _Progress:
+    """A rich progress bar over generations showing the best reward so far."""
+
+    def __init__(self, generations: int, done: int, best: float | None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.best = best
+        self.progress = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("generations"),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)
+        self.task = self.progress.add_task("search", total=generations, completed=done, info=self._info())
+        self.progress.start()
+
+    def _info(self) -> str:
+        return "best reward —" if self.best is None else f"best reward {self.best:.4f}"
+
+    def candidate(self, value: float) -> None:
+        if value != float("-inf") and (self.best is None or value > self.best):
+            self.best = value
+            self.progress.update(self.task, info=self._info())
+
+    def generation_done(self) -> None:
+        self.progress.update(self.task, advance=1, info=self._info())
+
+    def close(self) -> None:
+        self.progress.stop()

@@ -1,0 +1,58 @@
+"""What every nasx training system shares: SGD that respects sliced weights, the LR schedule, and the guard that
+stops on a NaN or infinite loss with a checkpoint and a one-line message."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from nasx.errors import ConfigError, NonFiniteLossError
+from nasx.training.optim import SlicedSGD, param_groups
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+class System(L.LightningModule):
+    """Base LightningModule. ``model`` is the plain ``nn.Module`` being trained (a supernet or a static net)."""
+
+    def __init__(self, model: torch.nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 4e-5,
+                 nesterov: bool = True, schedule: str = "cosine", label_smoothing: float = 0.0,
+                 checkpoint_dir: str | None = None):
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
+        self.model = model
+        self.lr, self.momentum, self.weight_decay, self.nesterov = lr, momentum, weight_decay, nesterov
+        self.schedule, self.label_smoothing = schedule, label_smoothing
+        self.checkpoint_dir = checkpoint_dir
+
+    def configure_optimizers(self):
+        opt = SlicedSGD(param_groups(self.model, self.weight_decay), lr=self.lr, momentum=self.momentum,
+                        nesterov=self.nesterov)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        if self.schedule == "cosine":
+            f = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
+        elif self.schedule == "linear":  # SPOS: linear decay to zero
+            f = lambda s: max(0.0, 1 - s / total)  # noqa: E731
+        else:
+            f = lambda s: 1.0  # noqa: E731
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def guard(self, loss: torch.Tensor, what: str) -> None:
+        """Stop on a non-finite loss: write a checkpoint, then raise a one-line error."""
+        if torch.isfinite(loss):
+            return
+        where = f"step {self.global_step} (epoch {self.current_epoch}, {what})"
+        if self.checkpoint_dir is not None:
+            path = Path(self.checkpoint_dir) / "nonfinite.ckpt"
+            self.trainer.save_checkpoint(path)
+            raise NonFiniteLossError(f"loss became {loss.item()} at {where}; checkpoint written to {path}; "
+                                     f"lower train.lr or check the data")
+        raise NonFiniteLossError(f"loss became {loss.item()} at {where}; lower train.lr or check the data")
+
+    @staticmethod
+    def top1(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (logits.argmax(1) == y).float().mean()
