@@ -39,6 +39,7 @@ def main() -> None:
         sys.exit(f"nasx: error: config directory {CONF_DIR} not found (install nasx from a clone: pip install -e .)")
     sys.argv = [sys.argv[0]] + resume_argv(sys.argv[1:])
     os.environ.setdefault("WANDB_MODE", "offline")
+    _quiet_libraries()
 
     import hydra
     from omegaconf import DictConfig
@@ -57,6 +58,19 @@ def main() -> None:
             _print_results(results)
 
     _main()
+
+
+def _quiet_libraries() -> None:
+    """Keep the console for nasx's own output: Lightning's banners and known-harmless warnings go."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*validation_step.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
 
 
 def _print_results(r: dict) -> None:

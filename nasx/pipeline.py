@@ -62,7 +62,8 @@ class Run:
         self.reward.check(list(Evaluator.metrics))
         self.fixed_arch = self._load_arch(cfg.arch) if cfg.arch else None
         # built now so that bad search hyper-parameters fail before training
-        self.strategy = instantiate(cfg.search.strategy, space=self.space, budget=self.budget, seed=cfg.seed)
+        self.strategy = instantiate(cfg.search.strategy, _partial_=True)(space=self.space, budget=self.budget,
+                                                                        seed=cfg.seed)
 
     def _load_arch(self, path: str) -> Arch:
         p = Path(path)
