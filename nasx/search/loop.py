@@ -11,7 +11,6 @@ the strategy to ``state.pt``. Killed at any moment, a re-run in the same directo
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -20,6 +19,7 @@ import torch
 
 from nasx import artifacts
 from nasx.arch import Arch, Budget, SearchSpace
+from nasx.errors import NasxError
 from nasx.rewards import WeightedSum
 
 STATE_VERSION = 1
@@ -73,9 +73,7 @@ def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[
                     elif arch in recovered:
                         rec["metrics"] = recovered[arch]["metrics"]
                     else:
-                        t0 = time.perf_counter()
                         rec["metrics"] = dict(evaluate(arch))
-                        rec["seconds"] = round(time.perf_counter() - t0, 4)
                         evaluations += 1
                     value = reward(rec["metrics"])
                     rec["reward"] = value
@@ -97,6 +95,9 @@ def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[
             bar.close()
 
     scored = [r for r in committed if r["reward"] is not None]
+    if not scored:
+        raise NasxError(f"search: none of the {len(committed)} candidates fit {budget}; the strategy ignores the "
+                        f"budget or the budget is too tight for it")
     best = max(scored, key=lambda r: r["reward"])  # max keeps the first of equals: earliest found wins ties
     artifacts.write_json(out_dir / "best.json", best)
     return SearchResult(best=best, records=committed, evaluations=evaluations)
