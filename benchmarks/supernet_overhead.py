@@ -32,7 +32,8 @@ from nasx.training.optim import SlicedSGD, param_groups
 
 SPACES = {
     "full": dict(name="shufflenet_spos_32px", input_size=32, stem_stride=1, in_channels=3, num_classes=10),
-    "cpu": dict(name="shufflenet_cpu", stage_channels=(16, 32, 64, 128), stem_channels=8, last_channels=128,
+    "cpu": dict(name="shufflenet_cpu", stage_repeats=(2, 2, 2, 2), stage_channels=(16, 32, 64, 128), stem_channels=8,
+                last_channels=128,
                 input_size=32, stem_stride=1, in_channels=1, num_classes=10),
 }
 OPTIM = dict(lr=0.01, momentum=0.9, nesterov=True)
@@ -71,10 +72,12 @@ def main() -> None:
     for _ in range(args.archs):
         arch = space.sample(rng)
         static = supernet.extract(arch).train()
+        static_eval = supernet.extract(arch)  # a separate copy: recalibration leaves a module in eval mode
         st_opt = torch.optim.SGD(param_groups(static, 4e-5), **OPTIM)
 
         def supernet_step():
             nonlocal step
+            supernet.train()
             space.sample(step_rng(args.seed, step))  # the sampling a real step does
             step += 1
             sup_opt.zero_grad(set_to_none=True)
@@ -82,6 +85,7 @@ def main() -> None:
             sup_opt.step()
 
         def static_step():
+            static.train()
             st_opt.zero_grad(set_to_none=True)
             F.cross_entropy(static(x), y).backward()
             st_opt.step()
@@ -92,7 +96,7 @@ def main() -> None:
 
         def static_forwards():
             with torch.no_grad():
-                classification_metrics(bn_recalibrate(static, calib), val)
+                classification_metrics(bn_recalibrate(static_eval, calib), val)
 
         for fn in (supernet_step, static_step, candidate_eval, static_forwards):  # warm-up
             fn()
@@ -110,7 +114,6 @@ def main() -> None:
                      "supernet_step_ms": round(1e3 * m["sup"], 2), "static_step_ms": round(1e3 * m["st"], 2),
                      "eval_ms": round(1e3 * m["ev"], 2), "static_forwards_ms": round(1e3 * m["fw"], 2),
                      "train_step_ratio": round(train_ratios[-1], 4), "eval_ratio": round(eval_ratios[-1], 4)})
-        supernet.train()
 
     print(json.dumps({
         "benchmark": "supernet_overhead", "space": space.name, "batch": args.batch, "archs": args.archs,
