@@ -79,7 +79,7 @@ def _print_results(r: dict) -> None:
 
     t = Table(title=f"nasx · {r['experiment']}")
     t.add_column("metric")
-    t.add_column("value", justify="right")
+    t.add_column("value", justify="right", overflow="fold")
     t.add_row("arch", r["arch_str"])
     t.add_row("MFLOPs", f"{r['mflops']:.3f}")
     t.add_row("params", f"{r['params']:,}")
