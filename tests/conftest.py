@@ -16,7 +16,6 @@ TINY = [
     "space.stage_repeats=[1,1,2,1]", "space.input_size=16", "train.epochs=2", "train.warmup_epochs=1",
     "retrain.epochs=1", "search.strategy.generations=3", "search.strategy.population=6",
     "search.strategy.top_k=3", "search.strategy.crossover_size=4", "search.bn_batches=2", "progress=false",
-    "logger=csv",
 ]
 
 

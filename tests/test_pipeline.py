@@ -90,6 +90,15 @@ def test_search_killed_mid_generation_resumes_to_the_same_result(finished_run, t
         artifacts.read_json(run_dir / "search" / "best.json")["arch"]
 
 
+def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
+    from nasx.pipeline import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run(compose(["experiment=quickstart", *TINY, "stages=[train]", "logger=wandb"], tmp_path / "run"))
+    runs = list((tmp_path / "run" / "train" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
 # -- the CLI, as a user runs it ---------------------------------------------------------------------------------------
 def nasx(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
