@@ -15,6 +15,7 @@ Run directory::
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -72,8 +73,11 @@ class Run:
         arch = Arch.from_json(p.read_text(), where=str(p))
         return self.space.validate(arch, where=str(p))
 
-    def trainer(self, stage: str, epochs: int, val: bool = False) -> L.Trainer:
+    def trainer(self, stage: str, epochs: int, val: bool = False, distributed: bool = True) -> L.Trainer:
+        """A Lightning trainer for ``stage``. ``distributed=False`` keeps the accelerator but one device: DDP
+        workers take part in supernet training only."""
         stage_dir = self.dir / stage
+        single = {} if distributed else {"devices": 1, "strategy": "auto"}
         callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=stage_dir, save_last=True, save_top_k=0,
                                                          every_n_epochs=1)]
         if self.cfg.progress:
@@ -82,7 +86,7 @@ class Run:
         return instantiate(self.cfg.trainer, max_epochs=epochs, default_root_dir=str(stage_dir), logger=logger,
                            callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=self.cfg.progress,
                            limit_val_batches=None if val else 0, num_sanity_val_steps=0,
-                           enable_model_summary=False)
+                           enable_model_summary=False, **single)
 
     def device(self) -> torch.device:
         return torch.device("cuda" if self.cfg.trainer.get("accelerator") == "gpu" and torch.cuda.is_available()
@@ -115,11 +119,18 @@ def _optim(c: DictConfig) -> dict:
 
 
 # -- stages --------------------------------------------------------------------------------------------------------
-def train_supernet(run: Run) -> None:
+def _ddp_worker() -> bool:
+    """True in the processes Lightning's DDP launcher starts for ranks other than 0."""
+    return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
+
+
+def train_supernet(run: Run, force: bool = False) -> int:
+    """Train the supernet; returns this process's global rank (only rank 0 goes on to the later stages).
+    ``force`` skips the finished-already check (a DDP worker must join the fit rank 0 starts)."""
     stage_dir = run.dir / "train"
-    if (stage_dir / "done.json").exists():
+    if not force and (stage_dir / "done.json").exists():
         log.info("train: done already (%s)", stage_dir / "done.json")
-        return
+        return 0
     c = run.cfg.train
     L.seed_everything(run.cfg.seed, workers=True, verbose=False)
     system = SupernetTraining(run.space.supernet(), run.space, seed=run.cfg.seed, warmup_epochs=c.warmup_epochs,
@@ -127,7 +138,10 @@ def train_supernet(run: Run) -> None:
     last = stage_dir / "last.ckpt"
     trainer = run.trainer("train", c.epochs)
     trainer.fit(system, datamodule=run.data, ckpt_path=str(last) if last.exists() else None)
-    artifacts.write_json(stage_dir / "done.json", {"epochs": c.epochs, "global_step": trainer.global_step})
+    if trainer.global_rank == 0:
+        artifacts.write_json(stage_dir / "done.json", {"epochs": c.epochs, "global_step": trainer.global_step,
+                                                       "world_size": trainer.world_size})
+    return trainer.global_rank
 
 
 def load_supernet(run: Run) -> torch.nn.Module:
@@ -180,7 +194,7 @@ def retrain(run: Run) -> torch.nn.Module:
         return model
     system = StandaloneTraining(model, checkpoint_dir=str(stage_dir), **_optim(c))
     last = stage_dir / "last.ckpt"
-    trainer = run.trainer("retrain", c.epochs, val=True)
+    trainer = run.trainer("retrain", c.epochs, val=True, distributed=False)
     trainer.fit(system, datamodule=run.data, ckpt_path=str(last) if last.exists() else None)
     artifacts.torch_save({"arch": arch.to_dict(), "state_dict": model.state_dict()}, stage_dir / "model.pt")
     artifacts.write_json(stage_dir / "done.json", {"epochs": c.epochs, "arch": arch.to_dict()})
@@ -259,6 +273,11 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg.stages`` in ``cfg.paths.run_dir``. Returns the results (empty if evaluate is not a stage)."""
     run_dir = Path(cfg.paths.run_dir)
+    if _ddp_worker():  # started by Lightning's DDP launcher: it only takes part in supernet training
+        r = Run(cfg)
+        if "train" in cfg.stages:
+            train_supernet(r, force=True)
+        return {}
     fresh = not (run_dir / "config.yaml").exists()
     try:
         r = Run(cfg)
@@ -274,7 +293,8 @@ def run(cfg: DictConfig) -> dict:
             continue
         log.info("stage %s", stage)
         if stage == "train":
-            train_supernet(r)
+            if train_supernet(r) != 0:
+                return {}  # a DDP worker: rank 0 alone searches, retrains and evaluates
         elif stage == "search":
             search(r)
         elif stage == "retrain":

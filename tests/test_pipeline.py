@@ -165,3 +165,14 @@ def test_cli_resume_continues_a_run_in_its_own_directory_with_its_overrides(tmp_
     # the original overrides (tiny settings) were kept: 3 generations of 6
     assert len(artifacts.read_jsonl(run_dir / "search" / "history.jsonl")) == 18
     assert results["experiment"] == "quickstart"
+
+
+def test_ddp_on_two_cpu_processes_trains_one_supernet_and_rank_zero_finishes(tmp_path):
+    out = tmp_path / "outputs"
+    proc = nasx("experiment=quickstart", *TINY, "trainer=ddp_sim", f"paths.output_dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir,) = list((out / "quickstart").iterdir())
+    done = artifacts.read_json(run_dir / "train" / "done.json")
+    assert done["world_size"] == 2
+    # each rank saw half the batches per epoch: the global step counts optimizer steps of one rank
+    assert (run_dir / "results.json").exists() and len(artifacts.read_jsonl(run_dir / "search" / "history.jsonl")) == 18

@@ -7,9 +7,11 @@ of its blocks at the largest width [seed: CMP-NAS trains 10 warm-up epochs].
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from nasx.arch import SearchSpace, step_rng
+from nasx.errors import NasxError
 from nasx.training.base import System
 
 
@@ -27,9 +29,20 @@ class SupernetTraining(System):
     def training_step(self, batch, batch_idx):
         x, y = batch
         arch = self.sampled_arch(self.global_step)
+        if batch_idx == 0 and self.trainer.world_size > 1:
+            self._check_ranks_agree(arch)
         logits = self.model(x, arch)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         self.guard(loss, "warm-up" if arch is None else f"arch {arch}")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", self.top1(logits, y), prog_bar=True)
         return loss
+
+    def _check_ranks_agree(self, arch) -> None:
+        """Every rank must train the same path; DDP would otherwise average gradients of different subnets
+        without complaint (unsampled weights are legitimately unused). Checked once per epoch."""
+        choices = torch.tensor(arch.choices() if arch is not None else [-1], device=self.device)
+        gathered = self.all_gather(choices)
+        if not bool((gathered == gathered[0]).all()):
+            raise NasxError(f"DDP ranks sampled different archs at step {self.global_step}: the sampler must be a "
+                            f"pure function of (seed, step)")
