@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import lightning as L
 import torch
@@ -80,7 +81,7 @@ def carve(n: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, 
     return perm[k:], perm[:k]
 
 
-class InMemoryDataModule(L.LightningDataModule):
+class InMemoryDataModule(L.LightningDataModule, ABC):
     """Base for data sets small enough to keep every split in memory.
 
     Subclasses set ``in_channels``/``num_classes`` in ``__init__`` and implement ``_load`` returning raw
@@ -115,8 +116,9 @@ class InMemoryDataModule(L.LightningDataModule):
     def check(self) -> None:
         """Cheaply validate what is on disk; raises nasx.errors.DatasetError. Nothing to check by default."""
 
+    @abstractmethod
     def _load(self) -> dict[str, tuple[Tensor, Tensor]]:
-        raise NotImplementedError
+        """The raw splits: {"train"|"val"|"test": (images (N, C, H, W) in stored units, labels (N,) int64)}."""
 
     def setup(self, stage: str | None = None) -> None:
         if self._raw is not None:
