@@ -129,8 +129,8 @@ def bad_arch_files(tmp_path):
     (["data=cifar10", "paths.data_dir={d}/nowhere"], r"nowhere/cifar10.*cifar-10-batches-py"),
     (["budget.mflops=0.1"], r"budget of 0\.1 MFLOPs is infeasible: the smallest architecture of space "
                             r"'shufflenet_cpu' costs 0\.\d+ MFLOPs"),
-    (["search.strategy.population=0"], r"search\.population must be a positive integer, got 0"),
-    (["search.strategy.generations=-1"], r"search\.generations must be a positive integer, got -1"),
+    (["search.strategy.population=0"], r"search\.strategy\.population must be a positive integer, got 0"),
+    (["search.strategy.generations=-1"], r"search\.strategy\.generations must be a positive integer, got -1"),
 ])
 def test_bad_input_fails_with_one_line_and_leaves_no_run_directory(bad_arch_files, args, message):
     d = bad_arch_files

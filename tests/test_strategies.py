@@ -241,14 +241,14 @@ def test_tell_rejects_rewards_for_other_archs():
 
 
 @pytest.mark.parametrize("kw,key", [
-    ({"population": 0}, "search.population"),
-    ({"generations": -1}, "search.generations"),
-    ({"generations": 2.5}, "search.generations"),
-    ({"top_k": 0}, "search.top_k"),
-    ({"top_k": 9}, "search.top_k"),
-    ({"crossover_size": 9}, "search.crossover_size"),
-    ({"mutate_prob": 1.5}, "search.mutate_prob"),
-    ({"random_prob": -0.1}, "search.random_prob"),
+    ({"population": 0}, "search.strategy.population"),
+    ({"generations": -1}, "search.strategy.generations"),
+    ({"generations": 2.5}, "search.strategy.generations"),
+    ({"top_k": 0}, "search.strategy.top_k"),
+    ({"top_k": 9}, "search.strategy.top_k"),
+    ({"crossover_size": 9}, "search.strategy.crossover_size"),
+    ({"mutate_prob": 1.5}, "search.strategy.mutate_prob"),
+    ({"random_prob": -0.1}, "search.strategy.random_prob"),
 ])
 def test_bad_hyper_parameters_raise_a_config_error_naming_the_key(kw, key):
     with pytest.raises(ConfigError) as err:
@@ -258,7 +258,7 @@ def test_bad_hyper_parameters_raise_a_config_error_naming_the_key(kw, key):
 
 
 def test_random_search_rejects_a_bad_population():
-    with pytest.raises(ConfigError, match=r"^search\.population must be a positive integer, got 0$"):
+    with pytest.raises(ConfigError, match=r"^search\.strategy\.population must be a positive integer, got 0$"):
         RandomSearch(LineSpace(), Budget(), seed=0, generations=2, population=0)
 
 

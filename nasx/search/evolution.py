@@ -46,10 +46,10 @@ class Evolution(Strategy):
         self.mutate_prob = check_probability("mutate_prob", mutate_prob)
         self.random_prob = check_probability("random_prob", random_prob)
         if top_k > population:
-            raise ConfigError(f"search.top_k must be at most search.population ({population}), got {top_k}")
+            raise ConfigError(f"search.strategy.top_k must be at most search.strategy.population ({population}), got {top_k}")
         if crossover_size > population:
             raise ConfigError(
-                f"search.crossover_size must be at most search.population ({population}), got {crossover_size}")
+                f"search.strategy.crossover_size must be at most search.strategy.population ({population}), got {crossover_size}")
 
     def parents(self) -> list[Arch]:
         """The current parents: the ``top_k`` best evaluated archs with a finite (or ``+inf``) reward."""

@@ -23,14 +23,14 @@ FRESH_TRIES = 20
 def check_positive_int(key: str, value: object) -> int:
     """``value`` if it is a positive integer, else a one-line :class:`ConfigError` naming ``search.<key>``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"search.{key} must be a positive integer, got {value!r}")
+        raise ConfigError(f"search.strategy.{key} must be a positive integer, got {value!r}")
     return value
 
 
 def check_probability(key: str, value: object) -> float:
     """``value`` as a float if it is a number in [0, 1], else a one-line :class:`ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"search.{key} must be a probability in [0, 1], got {value!r}")
+        raise ConfigError(f"search.strategy.{key} must be a probability in [0, 1], got {value!r}")
     return float(value)
 
 
