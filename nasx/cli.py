@@ -77,6 +77,23 @@ def _print_results(r: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    if r.get("method") == "nss":
+        t = Table(title=f"nasx · {r['experiment']} · NSS protocol (within {100 * r['tolerance']:g} % of target)")
+        for col in ("target MFLOPs", "elite |Δ| %", "elite samples", "elite error %", "expanded |Δ| %",
+                    "expanded samples", "expanded error %"):
+            t.add_column(col, justify="right")
+        fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+        for row in r["rows"]:
+            e, x = row["elite"], row["expanded"]
+            t.add_row(f"{row['target_mflops']:g}", f"{e['delta_pct']:.1f}", str(e["samples"]),
+                      fmt(e["test_error_pct"]), f"{x['delta_pct']:.1f}", str(x["samples"]), fmt(x["test_error_pct"]))
+        a = r["average"]
+        t.add_row("average", f"{a['elite']['delta_pct']:.1f}", f"{a['elite']['samples']:.1f}",
+                  fmt(a["elite"]["test_error_pct"]), f"{a['expanded']['delta_pct']:.1f}",
+                  f"{a['expanded']['samples']:.1f}", fmt(a["expanded"]["test_error_pct"]))
+        Console().print(t)
+        return
+
     t = Table(title=f"nasx · {r['experiment']}")
     t.add_column("metric")
     t.add_column("value", justify="right", overflow="fold")

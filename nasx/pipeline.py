@@ -74,23 +74,32 @@ class Run:
         return self.space.validate(arch, where=str(p))
 
     def trainer(self, stage: str, epochs: int, val: bool = False, distributed: bool = True) -> L.Trainer:
-        """A Lightning trainer for ``stage``. ``distributed=False`` keeps the accelerator but one device: DDP
-        workers take part in supernet training only."""
-        stage_dir = self.dir / stage
-        single = {} if distributed else {"devices": 1, "strategy": "auto"}
-        callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=stage_dir, save_last=True, save_top_k=0,
-                                                         every_n_epochs=1)]
-        if self.cfg.progress:
-            callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
-        logger = instantiate(self.cfg.logger, save_dir=str(stage_dir)) if self.cfg.logger else False
-        return instantiate(self.cfg.trainer, max_epochs=epochs, default_root_dir=str(stage_dir), logger=logger,
-                           callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=self.cfg.progress,
-                           limit_val_batches=None if val else 0, num_sanity_val_steps=0,
-                           enable_model_summary=False, **single)
+        return make_trainer(self.cfg, self.dir / stage, epochs, val=val, distributed=distributed)
 
     def device(self) -> torch.device:
-        return torch.device("cuda" if self.cfg.trainer.get("accelerator") == "gpu" and torch.cuda.is_available()
-                            else "cpu")
+        return device_of(self.cfg)
+
+
+def device_of(cfg: DictConfig) -> torch.device:
+    """Where search-time evaluation runs: the trainer's accelerator."""
+    return torch.device("cuda" if cfg.trainer.get("accelerator") == "gpu" and torch.cuda.is_available() else "cpu")
+
+
+def make_trainer(cfg: DictConfig, stage_dir: Path, epochs: int, val: bool = False,
+                 distributed: bool = True) -> L.Trainer:
+    """A Lightning trainer writing to ``stage_dir``: last.ckpt every epoch (atomically), the configured logger, rich
+    progress. ``distributed=False`` keeps the accelerator but one device: DDP workers take part in supernet training
+    only."""
+    single = {} if distributed else {"devices": 1, "strategy": "auto"}
+    callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=stage_dir, save_last=True, save_top_k=0,
+                                                     every_n_epochs=1)]
+    if cfg.progress:
+        callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
+    logger = instantiate(cfg.logger, save_dir=str(stage_dir)) if cfg.logger else False
+    return instantiate(cfg.trainer, max_epochs=epochs, default_root_dir=str(stage_dir), logger=logger,
+                       callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=cfg.progress,
+                       limit_val_batches=None if val else 0, num_sanity_val_steps=0, enable_model_summary=False,
+                       **single)
 
 
 def _check_config(cfg: DictConfig) -> None:
@@ -272,6 +281,10 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg.stages`` in ``cfg.paths.run_dir``. Returns the results (empty if evaluate is not a stage)."""
+    if cfg.get("method", "spos") == "nss":  # network-space search has its own stages (nasx/nss.py)
+        from nasx.nss import run_nss
+
+        return run_nss(cfg)
     run_dir = Path(cfg.paths.run_dir)
     if _ddp_worker():  # started by Lightning's DDP launcher: it only takes part in supernet training
         r = Run(cfg)

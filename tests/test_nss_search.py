@@ -1,0 +1,174 @@
+"""NSS search: Θ gets gradients through the Gumbel-weighted masks, schedules follow the config, the FLOPs penalty
+pushes the expected cost under the target, and the Table-1 protocol is bounded."""
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import compose
+from nasx import artifacts
+from nasx.errors import ConfigError
+from nasx.search.elite import elite_space, sample_until_within
+
+
+@pytest.fixture(scope="module")
+def space():
+    from nasx.spaces.nss_resnet import NSSSpace
+
+    return NSSSpace(name="nss_cpu", max_depth=4, max_width=32, depth_step=2, width_step=8, stem_channels=8,
+                    input_size=16, in_channels=1, num_classes=10)
+
+
+class _Trainer:  # the few trainer attributes the schedules read
+    max_epochs, num_training_batches, estimated_stepping_batches = 10, 20, 200
+
+
+def _system(space, **kw):
+    from nasx.training.nss_search import NSSSearch
+
+    s = NSSSearch(space.supernet(), space, target_mflops=kw.pop("target", 1.0), seed=0, **kw)
+    s._trainer = _Trainer()
+    return s
+
+
+def test_temperature_anneals_linearly_from_5_to_0001(space):
+    s = _system(space, tau_start=5.0, tau_end=0.001)
+    assert s.temperature(0.0) == pytest.approx(5.0)
+    assert s.temperature(0.5) == pytest.approx((5.0 + 0.001) / 2)
+    assert s.temperature(1.0) == pytest.approx(0.001)
+    assert s.temperature(1.7) == pytest.approx(0.001)
+
+
+def test_warmup_enable_probability_anneals_to_zero_then_stays_off(space):
+    s = _system(space, warmup_epochs=4)
+    assert s.warmup_enable_prob(0, 0, 20) == pytest.approx(1.0)
+    assert s.warmup_enable_prob(2, 0, 20) == pytest.approx(0.5)
+    assert s.warmup_enable_prob(3, 19, 20) == pytest.approx(1 - (3 + 19 / 20) / 4)
+    assert s.warmup_enable_prob(4, 0, 20) == 0.0 and s.warmup_enable_prob(9, 5, 20) == 0.0
+
+
+def test_warmup_masks_enable_extra_channels_and_blocks_with_probability_p(space):
+    s = _system(space)
+    full = [s.warmup_masks(k, 1.0) for k in range(5)]
+    assert all(bool((w == 1).all()) for widths, _ in full for w in widths)  # p = 1: every channel on
+    assert all(int(d.argmax()) == space.max_depth - 1 for _, depths in full for d in depths)  # and every block
+    rng_free = [s.warmup_masks(k, 0.0) for k in range(20)]
+    assert any(float(w.sum()) < space.max_width for widths, _ in rng_free for w in widths)  # p = 0: the arch alone
+
+
+def test_gradients_reach_theta_through_the_masks(space):
+    s = _system(space)
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    g = s.gumbel_weights(0, tau=1.0)
+    widths, depths = s.soft_masks(g, s.candidate_masks(0))
+    F.cross_entropy(s.model.forward_soft(x, widths, depths), y).backward()
+    assert s.theta.grad is not None and s.theta.grad.abs().sum() > 0
+    assert all(s.theta.grad[i].abs().sum() > 0 for i in range(3))  # every stage's logits
+
+
+def test_flops_penalty_is_zero_under_target_and_pushes_expected_cost_down_above_it(space):
+    big = _system(space, target=space.min_cost().mflops * 1.0001, penalty=1.0)
+    small = _system(space, target=1e6, penalty=1.0)
+    assert float(small.flops_penalty().detach()) == 0.0
+    p = big.flops_penalty()
+    assert float(p) > 0
+    p.backward()
+    before = float(big.expected_mflops())
+    with torch.no_grad():
+        big.theta -= 10.0 * big.theta.grad
+    assert float(big.expected_mflops()) < before
+
+
+def test_target_below_the_smallest_network_fails_fast(space):
+    from nasx.training.nss_search import NSSSearch
+
+    lo = space.min_cost().mflops
+    with pytest.raises(ConfigError, match=f"below the smallest network of space 'nss_cpu' \\({lo:.3f} MFLOPs\\)"):
+        NSSSearch(space.supernet(), space, target_mflops=lo / 2)
+
+
+def test_elite_space_is_the_argmax_per_stage():
+    assert elite_space([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25], [0.0, 0.0, 1.0]]) == (1, 0, 2)
+
+
+def test_protocol_counts_samples_and_is_bounded(space):
+    target = 1.0
+    found = sample_until_within(space, target, 0.1, random.Random(0))
+    assert found["found"] and abs(found["mflops"] - target) <= 0.1 * target
+    assert found["delta_pct"] == pytest.approx(100 * abs(found["mflops"] - target) / target)
+    # an elite space whose networks all cost more than the target never gets there: bounded, reported as not found
+    heavy = tuple(space.n_spaces - 1 for _ in range(3))
+    miss = sample_until_within(space, space.min_cost().mflops * 1.01, 0.01, random.Random(0), spaces=heavy,
+                               max_samples=50)
+    assert not miss["found"] and miss["samples"] == 50
+
+
+# -- end to end -------------------------------------------------------------------------------------------------------
+NSS_TINY = ["train.epochs=2", "train.warmup_epochs=1", "retrain.epochs=1", "search.plot_samples=3",
+            "search.bn_batches=1", "progress=false"]
+
+
+@pytest.mark.slow
+def test_nss_digits_runs_every_stage_and_writes_the_table(tmp_path):
+    from nasx.pipeline import run
+
+    results = run(compose(["experiment=nss_digits", *NSS_TINY], tmp_path))
+    assert [r["target_mflops"] for r in results["rows"]] == [0.5, 1.0, 2.0]
+    for row in results["rows"]:
+        for source in ("elite", "expanded"):
+            assert row[source]["samples"] >= 1 and row[source]["test_error_pct"] is not None
+    for rel in ("search/elite_spaces.json", "search/protocol.json", "search/elite.png", "results.json", "report.md",
+                "train/target_0.5/space_probs.json"):
+        assert (tmp_path / rel).is_file(), rel
+    probs = artifacts.read_json(tmp_path / "train" / "target_1" / "space_probs.json")["probs"]
+    assert len(probs) == 3 and all(abs(sum(p) - 1) < 1e-5 for p in probs)
+    assert "| average |" in (tmp_path / "report.md").read_text()
+
+
+def _write_cifar(root, variant: str, n: int = 40):
+    rng = np.random.default_rng(0)
+    if variant == "cifar10":
+        d = root / "cifar-10-batches-py"
+        d.mkdir(parents=True)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            with open(d / name, "wb") as f:
+                pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                             b"labels": rng.integers(0, 10, n).tolist()}, f)
+    else:
+        d = root / "cifar-100-python"
+        d.mkdir(parents=True)
+        for name in ("train", "test"):
+            with open(d / name, "wb") as f:
+                pickle.dump({b"data": rng.integers(0, 256, (n * 5, 3072), dtype=np.uint8),
+                             b"fine_labels": rng.integers(0, 100, n * 5).tolist(),
+                             b"coarse_labels": rng.integers(0, 20, n * 5).tolist()}, f)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_nss_paper_presets_run_end_to_end_on_cifar_fixtures(tmp_path, variant):
+    """The paper's setting (expanded space d ≤ 16, w ≤ 512), shrunk only in epochs and targets, on real-format
+    fixture pickles."""
+    from nasx.pipeline import run
+
+    _write_cifar(tmp_path / "data" / variant, variant)
+    cfg = compose([f"experiment=nss_{variant}", f"paths.data_dir={tmp_path / 'data'}", *NSS_TINY,
+                   "train.targets=[200]", "space.max_depth=4", "space.max_width=64", "space.depth_step=2",
+                   "space.width_step=32", "data.batch_size=32", "search.plot_samples=2"], tmp_path / "run")
+    assert cfg.space.name == "nss_expanded" and cfg.train.tau_start == 5.0 and cfg.train.tau_end == 0.001
+    results = run(cfg)
+    assert results["rows"][0]["target_mflops"] == 200
+    assert (tmp_path / "run" / "report.md").exists()
+
+
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_nss_paper_presets_hold_the_papers_settings(tmp_path, variant):
+    cfg = compose([f"experiment=nss_{variant}"], tmp_path)
+    assert (cfg.space.max_depth, cfg.space.max_width, cfg.space.stem_channels) == (16, 512, 16)
+    assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.tau_start, cfg.train.tau_end) == (50, 15, 5.0, 0.001)
+    assert cfg.data.batch_size == 64 and cfg.method == "nss" and cfg.data.variant == variant
