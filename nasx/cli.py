@@ -85,8 +85,8 @@ def _print_results(r: dict) -> None:
         fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
         for row in r["rows"]:
             e, x = row["elite"], row["expanded"]
-            t.add_row(f"{row['target_mflops']:g}", f"{e['delta_pct']:.1f}", str(e["samples"]),
-                      fmt(e["test_error_pct"]), f"{x['delta_pct']:.1f}", str(x["samples"]), fmt(x["test_error_pct"]))
+            t.add_row(f"{row['target_mflops']:g}", f"{e['delta_pct']:.1f}", f"{e['samples']:.1f}",
+                      fmt(e["test_error_pct"]), f"{x['delta_pct']:.1f}", f"{x['samples']:.1f}", fmt(x["test_error_pct"]))
         a = r["average"]
         t.add_row("average", f"{a['elite']['delta_pct']:.1f}", f"{a['elite']['samples']:.1f}",
                   fmt(a["elite"]["test_error_pct"]), f"{a['expanded']['delta_pct']:.1f}",

@@ -75,6 +75,8 @@ def _check(cfg: DictConfig) -> None:
                           f"got {t.warmup_epochs!r} and {t.epochs!r}")
     if not 0 < cfg.search.tolerance < 1:
         raise ConfigError(f"search.tolerance must lie strictly between 0 and 1, got {cfg.search.tolerance!r}")
+    if not isinstance(cfg.search.repeats, int) or cfg.search.repeats < 1:
+        raise ConfigError(f"search.repeats must be a positive integer, got {cfg.search.repeats!r}")
     if not isinstance(cfg.search.max_samples, int) or cfg.search.max_samples < 1:
         raise ConfigError(f"search.max_samples must be a positive integer, got {cfg.search.max_samples!r}")
 
@@ -112,11 +114,8 @@ def search(run: NSSRun) -> dict:
         elite = elite_space(probs)
         elites[_tag(target)] = {"target_mflops": target, "spaces": list(elite),
                                 "bounds": [run.space.space_bounds(j) for j in elite]}
-        protocol[_tag(target)] = {
-            "elite": sample_until_within(run.space, target, c.tolerance, random.Random(f"{run.cfg.seed}:{target}:e"),
-                                         spaces=elite, max_samples=c.max_samples),
-            "expanded": sample_until_within(run.space, target, c.tolerance,
-                                            random.Random(f"{run.cfg.seed}:{target}:x"), max_samples=c.max_samples)}
+        protocol[_tag(target)] = {source: _protocol(run, target, elite if source == "elite" else None, source)
+                                  for source in SOURCES}
         # supernet error of networks drawn from the elite space and from the expanded space
         supernet = run.supernet(target).to(run.device)
         rng = random.Random(f"{run.cfg.seed}:{target}:plot")
@@ -135,6 +134,17 @@ def search(run: NSSRun) -> dict:
     return protocol
 
 
+def _protocol(run: NSSRun, target: float, spaces: tuple[int, ...] | None, source: str) -> dict:
+    """``search.repeats`` independent runs of the sampling protocol: the first run's network is the one trained;
+    the number of samples and |Δ| are averaged over the runs [nasx: one draw is too noisy to compare]."""
+    c = run.cfg.search
+    runs = [sample_until_within(run.space, target, c.tolerance, random.Random(f"{run.cfg.seed}:{target}:{source}:{k}"),
+                                spaces=spaces, max_samples=c.max_samples) for k in range(c.repeats)]
+    return {**runs[0], "samples_mean": sum(r["samples"] for r in runs) / len(runs),
+            "delta_pct_mean": sum(r["delta_pct"] for r in runs) / len(runs),
+            "found_rate": sum(r["found"] for r in runs) / len(runs), "repeats": len(runs)}
+
+
 def retrain(run: NSSRun) -> dict:
     protocol = artifacts.read_json(run.dir / "search" / "protocol.json")
     errors = {}
@@ -143,9 +153,13 @@ def retrain(run: NSSRun) -> dict:
             rec = protocol[_tag(target)][source]
             arch = run.space.validate(Arch.from_dict(rec["arch"]))
             out = run.dir / "retrain" / f"{_tag(target)}_{source}"
-            if (out / "result.json").exists():
-                errors[out.name] = artifacts.read_json(out / "result.json")["test_error"]
+            done = artifacts.read_json(out / "result.json") if (out / "result.json").exists() else None
+            if done is not None and done["arch"] == arch.to_dict():
+                errors[out.name] = done["test_error"]
                 continue
+            if done is not None:  # the protocol found another network since: train that one from scratch
+                for stale in ("result.json", "last.ckpt"):
+                    (out / stale).unlink(missing_ok=True)
             L.seed_everything(run.cfg.seed + 1, workers=True, verbose=False)
             model = run.space.supernet().extract(arch)
             system = StandaloneTraining(model, checkpoint_dir=str(out), **_optim(run.cfg.retrain))
@@ -169,8 +183,10 @@ def evaluate(run: NSSRun) -> dict:
         for source in SOURCES:
             rec = protocol[_tag(target)][source]
             res = run.dir / "retrain" / f"{_tag(target)}_{source}" / "result.json"
-            row[source] = {"found": rec["found"], "samples": rec["samples"], "mflops": rec["mflops"],
-                           "delta_pct": rec["delta_pct"],
+            if res.exists() and artifacts.read_json(res)["arch"] != rec["arch"]:
+                res = Path("/nonexistent")  # trained for an older protocol: not this network's error
+            row[source] = {"found": rec["found"], "samples": rec["samples_mean"], "mflops": rec["mflops"],
+                           "delta_pct": rec["delta_pct_mean"], "found_rate": rec["found_rate"],
                            "test_error_pct": 100 * artifacts.read_json(res)["test_error"] if res.exists() else None}
         rows.append(row)
     mean = lambda src, key: sum(r[src][key] for r in rows) / len(rows)  # noqa: E731
@@ -179,7 +195,8 @@ def evaluate(run: NSSRun) -> dict:
         errs = [r[src]["test_error_pct"] for r in rows if r[src]["test_error_pct"] is not None]
         summary[src]["test_error_pct"] = sum(errs) / len(errs) if errs else None
     results = {"experiment": run.cfg.name, "method": "nss", "seed": run.cfg.seed, "space": run.space.name,
-               "tolerance": run.cfg.search.tolerance, "rows": rows, "average": summary}
+               "tolerance": run.cfg.search.tolerance, "repeats": run.cfg.search.repeats, "rows": rows,
+               "average": summary}
     artifacts.write_json(run.dir / "results.json", results)
     artifacts.write_text(run.dir / "report.md", report(results))
     return results
@@ -189,16 +206,18 @@ def report(r: dict) -> str:
     fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
     lines = [f"# nasx run: {r['experiment']} (NSS)", "",
              f"Space `{r['space']}`, seed {r['seed']}; a network is *found* when its MFLOPs are within "
-             f"{100 * r['tolerance']:g} % of the target.", "",
+             f"{100 * r['tolerance']:g} % of the target. Samples and |Δ| are means over {r['repeats']} runs of the "
+             f"protocol; MFLOPs and error are those of the first run's network, trained standalone.", "",
              "| target MFLOPs | elite space (d_lo, d_hi, w_lo, w_hi) per stage | elite: MFLOPs (|Δ| %) | samples | "
              "error % | expanded: MFLOPs (|Δ| %) | samples | error % |",
              "|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         e, x = row["elite"], row["expanded"]
         bounds = "; ".join("({}, {}, {}, {})".format(*b) for b in row["elite_bounds"])
+        miss = lambda rec: "" if rec["found_rate"] == 1 else f" (found in {100 * rec['found_rate']:.0f} %)"  # noqa
         lines.append(f"| {row['target_mflops']:g} | {bounds} | {e['mflops']:.3f} ({e['delta_pct']:.1f} %) | "
-                     f"{e['samples']}{'' if e['found'] else ' (not found)'} | {fmt(e['test_error_pct'], '.2f')} | "
-                     f"{x['mflops']:.3f} ({x['delta_pct']:.1f} %) | {x['samples']}{'' if x['found'] else ' (not found)'}"
+                     f"{e['samples']:.1f}{miss(e)} | {fmt(e['test_error_pct'], '.2f')} | "
+                     f"{x['mflops']:.3f} ({x['delta_pct']:.1f} %) | {x['samples']:.1f}{miss(x)}"
                      f" | {fmt(x['test_error_pct'], '.2f')} |")
     a = r["average"]
     lines.append(f"| average | | ({a['elite']['delta_pct']:.1f} %) | {a['elite']['samples']:.1f} | "
