@@ -39,7 +39,6 @@ def main() -> None:
         sys.exit(f"nasx: error: config directory {CONF_DIR} not found (install nasx from a clone: pip install -e .)")
     sys.argv = [sys.argv[0]] + resume_argv(sys.argv[1:])
     os.environ.setdefault("WANDB_MODE", "offline")
-    _quiet_libraries()
 
     import hydra
     from omegaconf import DictConfig
@@ -49,6 +48,7 @@ def main() -> None:
         from nasx.errors import NasxError
         from nasx.pipeline import run
 
+        _quiet_libraries()  # after the imports: importing Lightning sets its own log level
         try:
             results = run(cfg)
         except NasxError as e:

@@ -290,3 +290,36 @@ def test_cifar_errors_name_path_file_and_key(tmp_path):
     CIFARDataModule(tmp_path / "c100", variant="cifar100").check()
     raises(CIFARDataModule(tmp_path, variant="cifar100"), r"CIFAR-100 not found at .*cifar-100-python/\{train,test\}",
            on_check=True)
+
+
+def test_a_fit_augments_the_same_whatever_ran_before_it_in_the_process():
+    """Retraining after another fit in the same process (or in a resumed run) sees the same augmented batches."""
+    import lightning as L
+
+    from nasx.data.digits import DigitsDataModule
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch[0].sum().item())
+            return (self.w * 0).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit(dm):
+        m = Recorder()
+        L.seed_everything(0, verbose=False)
+        L.Trainer(max_epochs=1, limit_train_batches=3, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False).fit(m, datamodule=dm)
+        return m.seen
+
+    dm = DigitsDataModule(seed=0)
+    first = fit(dm)
+    second = fit(dm)  # same process, same data module, after another fit
+    assert first == second
+    assert fit(DigitsDataModule(seed=1)) != first

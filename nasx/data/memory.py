@@ -111,7 +111,8 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         self.mean: Tensor | None = None  # (C,) float32, raw units of the stored images
         self.std: Tensor | None = None
         self._raw: dict[str, tuple[Tensor, Tensor]] | None = None
-        self._aug_calls = 0
+        self._aug_calls = 0  # batches augmented in the current epoch of the current fit
+        self._aug_epoch = -1
 
     def check(self) -> None:
         """Cheaply validate what is on disk; raises nasx.errors.DatasetError. Nothing to check by default."""
@@ -121,6 +122,8 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         """The raw splits: {"train"|"val"|"test": (images (N, C, H, W) in stored units, labels (N,) int64)}."""
 
     def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):  # every fit starts its augmentation stream afresh
+            self._aug_epoch, self._aug_calls = -1, 0
         if self._raw is not None:
             return
         self.check()
@@ -191,7 +194,12 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         # a fresh generator per batch seeded from (seed, rank, counter) makes the stream reproducible
         # and gives each DDP rank different draws
         g = torch.Generator(device=x.device)
-        g.manual_seed(hash((self.seed, rank, self._aug_calls)) % (2**63))
+        # seeded by (seed, rank, epoch, batch of the epoch): a fit augments the same way whatever ran before it in the
+        # process, and a run resumed at an epoch boundary augments as an uninterrupted one
+        epoch = getattr(trainer, "current_epoch", 0)
+        if epoch != self._aug_epoch:
+            self._aug_epoch, self._aug_calls = epoch, 0
+        g.manual_seed(hash((self.seed, rank, epoch, self._aug_calls)) % (2**63))
         self._aug_calls += 1
         fill = -self.mean / self.std  # a raw-zero (black) pixel after normalisation
         return random_shift_flip(x, self.shift, self.hflip, g, fill), y
