@@ -79,6 +79,11 @@ def _print_results(r: dict) -> None:
 
     if r.get("method") == "nss":
         t = Table(title=f"nasx · {r['experiment']} · NSS protocol (within {100 * r['tolerance']:g} % of target)")
+        console = Console()
+        console.print("[bold]elite spaces[/bold] (depth range × width range, per stage):")
+        for row in r["rows"]:
+            spaces = " | ".join(f"d {b[0]}-{b[1]} × w {b[2]}-{b[3]}" for b in row["elite_bounds"])
+            console.print(f"  {row['target_mflops']:g} MFLOPs: {spaces}")
         for col in ("target MFLOPs", "elite |Δ| %", "elite samples", "elite error %", "expanded |Δ| %",
                     "expanded samples", "expanded error %"):
             t.add_column(col, justify="right")
@@ -91,7 +96,7 @@ def _print_results(r: dict) -> None:
         t.add_row("average", f"{a['elite']['delta_pct']:.1f}", f"{a['elite']['samples']:.1f}",
                   fmt(a["elite"]["test_error_pct"]), f"{a['expanded']['delta_pct']:.1f}",
                   f"{a['expanded']['samples']:.1f}", fmt(a["expanded"]["test_error_pct"]))
-        Console().print(t)
+        console.print(t)
         return
 
     t = Table(title=f"nasx · {r['experiment']}")

@@ -172,3 +172,17 @@ def test_nss_paper_presets_hold_the_papers_settings(tmp_path, variant):
     assert (cfg.space.max_depth, cfg.space.max_width, cfg.space.stem_channels) == (16, 512, 16)
     assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.tau_start, cfg.train.tau_end) == (50, 15, 5.0, 0.001)
     assert cfg.data.batch_size == 64 and cfg.method == "nss" and cfg.data.variant == variant
+
+
+def test_cli_refuses_a_target_below_the_smallest_network_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "nasx", "experiment=nss_digits", "train.targets=[0.001,1]",
+                           f"paths.output_dir={tmp_path}/out"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "train.targets: 0.001 MFLOPs is below the smallest network of space 'nss_cpu'" in lines[0]
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
