@@ -183,11 +183,12 @@ def evaluate(run: NSSRun) -> dict:
         for source in SOURCES:
             rec = protocol[_tag(target)][source]
             res = run.dir / "retrain" / f"{_tag(target)}_{source}" / "result.json"
-            if res.exists() and artifacts.read_json(res)["arch"] != rec["arch"]:
-                res = Path("/nonexistent")  # trained for an older protocol: not this network's error
+            trained = artifacts.read_json(res) if res.exists() else None
+            if trained is not None and trained["arch"] != rec["arch"]:
+                trained = None  # trained for an older protocol: not this network's error
             row[source] = {"found": rec["found"], "samples": rec["samples_mean"], "mflops": rec["mflops"],
                            "delta_pct": rec["delta_pct_mean"], "found_rate": rec["found_rate"],
-                           "test_error_pct": 100 * artifacts.read_json(res)["test_error"] if res.exists() else None}
+                           "test_error_pct": 100 * trained["test_error"] if trained else None}
         rows.append(row)
     mean = lambda src, key: sum(r[src][key] for r in rows) / len(rows)  # noqa: E731
     summary = {src: {"samples": mean(src, "samples"), "delta_pct": mean(src, "delta_pct")} for src in SOURCES}
