@@ -186,3 +186,19 @@ def test_cli_refuses_a_target_below_the_smallest_network_in_one_line(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "train.targets: 0.001 MFLOPs is below the smallest network of space 'nss_cpu'" in lines[0]
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.slow
+def test_killed_nss_training_resumes_with_only_the_unfinished_target(tmp_path):
+    from nasx.pipeline import run
+
+    cfg = compose(["experiment=nss_digits", *NSS_TINY, "stages=[train]"], tmp_path)
+    run(cfg)
+    first = tmp_path / "train" / "target_0.5" / "last.ckpt"
+    mtime = first.stat().st_mtime_ns
+    probs = artifacts.read_json(tmp_path / "train" / "target_2" / "space_probs.json")
+    (tmp_path / "train" / "target_2" / "space_probs.json").unlink()  # killed before the last target finished
+    run(cfg)
+    assert first.stat().st_mtime_ns == mtime  # finished targets are not searched again
+    again = artifacts.read_json(tmp_path / "train" / "target_2" / "space_probs.json")
+    assert again["elite"] == probs["elite"]
