@@ -98,7 +98,7 @@ def train(run: NSSRun) -> None:
         trainer.fit(system, datamodule=run.data, ckpt_path=str(last) if last.exists() else None)
         probs = system.space_probabilities()
         artifacts.write_json(out / "space_probs.json", {
-            "target_mflops": target, "probs": probs, "expected_mflops": float(system.expected_mflops()),
+            "target_mflops": target, "probs": probs, "expected_mflops": system.expected_mflops().item(),
             "elite": list(elite_space(probs))})
 
 
