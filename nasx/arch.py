@@ -8,11 +8,10 @@ knows their cost (MFLOPs as multiply-accumulates, and parameters).
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
-import math
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from nasx.errors import ArchError, InfeasibleBudgetError
 
@@ -182,14 +181,6 @@ class SearchSpace(ABC):
                 return arch
             arch = self.sample(rng)
         return self.repair(arch, budget, rng)
-
-    def size(self) -> int:
-        return math.prod(self.genes.values())
-
-    def __iter__(self) -> Iterator[Arch]:  # enumeration, for tiny test spaces only
-        import itertools
-        for combo in itertools.product(*(range(k) for k in self.genes.values())):
-            yield Arch(self.name, tuple(zip(self.genes, combo)))
 
 
 def step_rng(seed: int, step: int) -> random.Random:

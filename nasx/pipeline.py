@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nasx import artifacts
 from nasx.arch import Arch, Budget, SearchSpace
-from nasx.errors import ConfigError, DatasetError, NasxError
+from nasx.errors import ConfigError, NasxError
 from nasx.evaluator import Evaluator, bn_recalibrate, classification_metrics
 from nasx.rewards import WeightedSum
 from nasx.search.loop import run_search

@@ -94,9 +94,6 @@ class Strategy(ABC):
         """Number of distinct archs told so far."""
         return len(self._rewards)
 
-    def is_evaluated(self, arch: Arch) -> bool:
-        return arch in self._rewards
-
     # -- proposal helpers ----------------------------------------------------------------------------------------
     @abstractmethod
     def _propose(self) -> list[Arch]:
