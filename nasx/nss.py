@@ -18,13 +18,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nasx import artifacts
 from nasx.arch import Arch
 from nasx.errors import ConfigError, NasxError
 from nasx.evaluator import bn_recalibrate, classification_metrics
-from nasx.pipeline import STAGES, _optim, _remove_empty_run_dir, device_of, make_trainer
+from nasx.pipeline import STAGES, _optim, device_of, make_trainer, start
 from nasx.search.elite import elite_space, sample_until_within
 from nasx.training.nss_search import NSSSearch
 from nasx.training.standalone import StandaloneTraining
@@ -256,16 +256,7 @@ def plot_elite(scatter: dict, targets: list[float], path: Path) -> None:
 
 
 def run_nss(cfg: DictConfig) -> dict:
-    run_dir = Path(cfg.paths.run_dir)
-    fresh = not (run_dir / "config.yaml").exists()
-    try:
-        r = NSSRun(cfg)
-    except NasxError:
-        if fresh:
-            _remove_empty_run_dir(run_dir)
-        raise
-    if fresh:
-        artifacts.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    r = start(cfg, NSSRun)
     results = {}
     for stage in STAGES:
         if stage not in cfg.stages:

@@ -279,27 +279,34 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
         pass
 
 
-def run(cfg: DictConfig) -> dict:
-    """Run ``cfg.stages`` in ``cfg.paths.run_dir``. Returns the results (empty if evaluate is not a stage)."""
-    if cfg.get("method", "spos") == "nss":  # network-space search has its own stages (nasx/nss.py)
-        from nasx.nss import run_nss
-
-        return run_nss(cfg)
+def start(cfg: DictConfig, build):
+    """``build(cfg)`` validates and sets up a run. A bad config leaves no run directory behind; a fresh run records
+    its composed config in ``config.yaml`` (resume reads it)."""
     run_dir = Path(cfg.paths.run_dir)
-    if _ddp_worker():  # started by Lightning's DDP launcher: it only takes part in supernet training
-        r = Run(cfg)
-        if "train" in cfg.stages:
-            train_supernet(r, force=True)
-        return {}
     fresh = not (run_dir / "config.yaml").exists()
     try:
-        r = Run(cfg)
+        r = build(cfg)
     except NasxError:
         if fresh:
             _remove_empty_run_dir(run_dir)
         raise
     if fresh:
         artifacts.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    return r
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run ``cfg.stages`` in ``cfg.paths.run_dir``. Returns the results (empty if evaluate is not a stage)."""
+    if cfg.get("method", "spos") == "nss":  # network-space search has its own stages (nasx/nss.py)
+        from nasx.nss import run_nss
+
+        return run_nss(cfg)
+    if _ddp_worker():  # started by Lightning's DDP launcher: it only takes part in supernet training
+        r = Run(cfg)
+        if "train" in cfg.stages:
+            train_supernet(r, force=True)
+        return {}
+    r = start(cfg, Run)
     results, model = {}, None
     for stage in STAGES:
         if stage not in cfg.stages:
