@@ -24,7 +24,7 @@ from nasx import artifacts
 from nasx.arch import Arch
 from nasx.errors import ConfigError, NasxError
 from nasx.evaluator import bn_recalibrate, classification_metrics
-from nasx.pipeline import STAGES, _optim, device_of, make_trainer, start
+from nasx.pipeline import STAGES, _optim, check_stages, device_of, make_trainer, start
 from nasx.search.elite import elite_space, sample_until_within
 from nasx.training.nss_search import NSSSearch
 from nasx.training.standalone import StandaloneTraining
@@ -63,9 +63,7 @@ class NSSRun:
 
 
 def _check(cfg: DictConfig) -> None:
-    bad = [s for s in cfg.stages if s not in STAGES]
-    if bad:
-        raise ConfigError(f"stages: unknown stage '{bad[0]}' (accepted: {', '.join(STAGES)})")
+    check_stages(cfg)
     t = cfg.train
     if not t.targets:
         raise ConfigError("train.targets must list at least one MFLOPs target")

@@ -102,11 +102,15 @@ def make_trainer(cfg: DictConfig, stage_dir: Path, epochs: int, val: bool = Fals
                        **single)
 
 
-def _check_config(cfg: DictConfig) -> None:
-    """Config errors name the key and what it accepts, before any work starts."""
+def check_stages(cfg: DictConfig) -> None:
     bad = [s for s in cfg.stages if s not in STAGES]
     if bad:
         raise ConfigError(f"stages: unknown stage '{bad[0]}' (accepted: {', '.join(STAGES)})")
+
+
+def _check_config(cfg: DictConfig) -> None:
+    """Config errors name the key and what it accepts, before any work starts."""
+    check_stages(cfg)
     for key in ("train.epochs", "retrain.epochs", "search.bn_batches", "search.bn_batch_size"):
         v = OmegaConf.select(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < (1 if "bn_" in key else 0):

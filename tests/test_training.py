@@ -80,7 +80,7 @@ def test_sliced_columns_of_a_pointwise_conv_keep_their_state(tiny_space):
 
 def test_sliced_sgd_is_plain_sgd_when_nothing_is_sliced():
     torch.manual_seed(0)
-    a, b = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)), None
+    a = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
     b = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
     b.load_state_dict(a.state_dict())
     oa = SlicedSGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)

@@ -14,6 +14,20 @@ from nasx.training.optim import SlicedSGD, param_groups
 SCHEDULES = ("cosine", "linear", "constant")
 
 
+def stop_on_nonfinite(module: L.LightningModule, loss: torch.Tensor, where: str,
+                      checkpoint_dir: str | None) -> None:
+    """Stop on a NaN or infinite loss: write ``nonfinite.ckpt`` (if a directory is given), then raise a one-line
+    error saying where it happened."""
+    if torch.isfinite(loss):
+        return
+    msg = f"loss became {loss.item()} at {where}"
+    if checkpoint_dir is not None:
+        path = Path(checkpoint_dir) / "nonfinite.ckpt"
+        module.trainer.save_checkpoint(path)
+        msg += f"; checkpoint written to {path}"
+    raise NonFiniteLossError(msg + "; lower train.lr or check the data")
+
+
 class System(L.LightningModule):
     """Base LightningModule. ``model`` is the plain ``nn.Module`` being trained (a supernet or a static net)."""
 
@@ -42,16 +56,8 @@ class System(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def guard(self, loss: torch.Tensor, what: str) -> None:
-        """Stop on a non-finite loss: write a checkpoint, then raise a one-line error."""
-        if torch.isfinite(loss):
-            return
-        where = f"step {self.global_step} (epoch {self.current_epoch}, {what})"
-        if self.checkpoint_dir is not None:
-            path = Path(self.checkpoint_dir) / "nonfinite.ckpt"
-            self.trainer.save_checkpoint(path)
-            raise NonFiniteLossError(f"loss became {loss.item()} at {where}; checkpoint written to {path}; "
-                                     f"lower train.lr or check the data")
-        raise NonFiniteLossError(f"loss became {loss.item()} at {where}; lower train.lr or check the data")
+        stop_on_nonfinite(self, loss, f"step {self.global_step} (epoch {self.current_epoch}, {what})",
+                          self.checkpoint_dir)
 
     @staticmethod
     def top1(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

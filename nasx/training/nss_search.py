@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from nasx.arch import step_rng
-from nasx.errors import ConfigError, NonFiniteLossError
+from nasx.errors import ConfigError
+from nasx.training.base import stop_on_nonfinite
 from nasx.training.optim import SlicedSGD, param_groups
 
 
@@ -133,14 +134,7 @@ class NSSSearch(L.LightningModule):
         return x.to(self.device), y.to(self.device)
 
     def _guard(self, loss: torch.Tensor, what: str) -> None:
-        if torch.isfinite(loss):
-            return
-        msg = f"NSS loss became {loss.item()} at step {int(self.steps)} ({what})"
-        if self.checkpoint_dir is not None:
-            path = f"{self.checkpoint_dir}/nonfinite.ckpt"
-            self.trainer.save_checkpoint(path)
-            msg += f"; checkpoint written to {path}"
-        raise NonFiniteLossError(msg + "; lower train.lr or check the data")
+        stop_on_nonfinite(self, loss, f"NSS step {int(self.steps)} ({what})", self.checkpoint_dir)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
