@@ -23,3 +23,12 @@ class DatasetError(NasxError):
 
 class NonFiniteLossError(NasxError):
     """Training produced a NaN or infinite loss; a checkpoint was written before stopping."""
+
+
+class MetricError(NasxError, ValueError):
+    """A metric cannot be computed from its inputs (e.g. too few impostor pairs for a FAR)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (for wrapping library errors into a nasx error)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nasx.data.memory import InMemoryDataModule, carve
-from nasx.errors import ConfigError, DatasetError
+from nasx.errors import ConfigError, DatasetError, one_line
 
 # variant -> (display name, directory inside root, train files, test file, layout shown in errors)
 _LAYOUTS = {
@@ -21,9 +21,6 @@ _LAYOUTS = {
 }
 _NUM_CLASSES = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _key(d: dict, name: str):
@@ -47,9 +44,9 @@ def load_cifar_batch(path: str | Path, label_key: str = "labels",
         with path.open("rb") as f:
             d = pickle.load(f, encoding="bytes")
     except OSError as exc:
-        raise DatasetError(f"'{path}': cannot read ({_one_line(exc)})") from exc
+        raise DatasetError(f"'{path}': cannot read ({one_line(exc)})") from exc
     except Exception as exc:  # pickle raises many types on a truncated or foreign file
-        raise DatasetError(f"'{path}': not a CIFAR python pickle ({_one_line(exc)})") from exc
+        raise DatasetError(f"'{path}': not a CIFAR python pickle ({one_line(exc)})") from exc
     if not isinstance(d, dict):
         raise DatasetError(f"'{path}': expected a pickled dict with keys 'data' and '{label_key}', "
                            f"got {type(d).__name__}")
