@@ -163,6 +163,10 @@ class SearchSpace(ABC):
         """Uniform over every gene independently."""
         return Arch(self.name, tuple((n, rng.randrange(k)) for n, k in self.genes.items()))
 
+    def train_sample(self, rng: random.Random) -> Arch:
+        """The supernet's training distribution; uniform (:meth:`sample`) unless a method says otherwise."""
+        return self.sample(rng)
+
     def mutate(self, arch: Arch, rng: random.Random, prob: float) -> Arch:
         """Each gene is redrawn uniformly with probability ``prob``."""
         return Arch(self.name, tuple(

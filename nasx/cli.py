@@ -99,6 +99,18 @@ def _print_results(r: dict) -> None:
         console.print(t)
         return
 
+    if r.get("method") == "mixpath":
+        hv = r["hypervolume"]
+        t = Table(title=f"nasx · {r['experiment']} · MixPath: {r['evaluations']} archs per search, hypervolume "
+                        f"NSGA-II {hv['nsga2']:.4f} vs random {hv['random']:.4f}")
+        for col in ("k", "MFLOPs", "params", "supernet val top-1", "retrained test top-1"):
+            t.add_column(col, justify="right")
+        for m in r["models"]:
+            t.add_row(str(m["k"]), f"{m['mflops']:.3f}", f"{m['params']:,}", f"{100 * m['supernet_val_top1']:.2f} %",
+                      f"{100 * m['test_top1']:.2f} %")
+        Console().print(t)
+        return
+
     t = Table(title=f"nasx · {r['experiment']}")
     t.add_column("metric")
     t.add_column("value", justify="right", overflow="fold")

@@ -52,14 +52,16 @@ class Evaluator:
     """``evaluator(arch) -> {metric: value}``.
 
     ``calibration`` and ``validation`` are lists of (x, y) batches, moved to ``device`` once and reused for every
-    candidate, so every candidate is scored on identical data.
+    candidate, so every candidate is scored on identical data. ``calibrate=False`` scores with the BN statistics the
+    supernet accumulated in training (the "before calibration" setting of MixPath's ranking study).
     """
 
     metrics = ("top1", "top5", "loss")
 
     def __init__(self, supernet: nn.Module, calibration: Batches, validation: Batches,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", calibrate: bool = True):
         self.supernet = supernet.eval()
+        self.calibrate = calibrate
         self.device = torch.device(device)
         self.calibration = [(x.to(self.device), y.to(self.device)) for x, y in calibration]
         self.validation = [(x.to(self.device), y.to(self.device)) for x, y in validation]
@@ -69,7 +71,7 @@ class Evaluator:
     def extract(self, arch: Arch) -> nn.Module:
         """The candidate as a static module with inherited weights and recalibrated BN statistics."""
         model = self.supernet.extract(arch).to(self.device)
-        return bn_recalibrate(model, self.calibration)
+        return bn_recalibrate(model, self.calibration) if self.calibrate else model.eval()
 
     def __call__(self, arch: Arch) -> dict[str, float]:
         if arch not in self.cache:

@@ -28,7 +28,7 @@ from nasx import artifacts
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import ConfigError, NasxError
 from nasx.evaluator import Evaluator, bn_recalibrate, classification_metrics
-from nasx.rewards import WeightedSum
+from nasx.rewards import make_reward
 from nasx.search.loop import run_search
 from nasx.search.plots import plot_search
 from nasx.training.standalone import StandaloneTraining
@@ -59,12 +59,18 @@ class Run:
                                               num_classes=self.data.num_classes)
         self.budget = Budget(mflops=cfg.budget.mflops, params=cfg.budget.params)
         self.space.check_feasible(self.budget)
-        self.reward = WeightedSum(cfg.reward.weights, name=cfg.reward.get("name", "reward"))
-        self.reward.check(list(Evaluator.metrics))
+        self.reward = make_reward(cfg.reward)
+        self.reward.check(list(Evaluator.metrics) + ["mflops", "params"])
         self.fixed_arch = self._load_arch(cfg.arch) if cfg.arch else None
         # built now so that bad search hyper-parameters fail before training
-        self.strategy = instantiate(cfg.search.strategy, _partial_=True)(space=self.space, budget=self.budget,
-                                                                        seed=cfg.seed)
+        factory = instantiate(cfg.search.strategy, _partial_=True)
+        extra = {}
+        if getattr(factory.func, "multi_objective", False):
+            if not self.reward.multi:
+                raise ConfigError(f"search.strategy {factory.func.__name__} optimises several objectives: choose a "
+                                  f"multi-objective reward such as reward=acc_mflops")
+            extra["n_objectives"] = len(self.reward.objectives)
+        self.strategy = factory(space=self.space, budget=self.budget, seed=cfg.seed, **extra)
 
     def _load_arch(self, path: str) -> Arch:
         p = Path(path)
@@ -195,19 +201,25 @@ def chosen_arch(run: Run) -> tuple[Arch, dict | None]:
 
 
 def retrain(run: Run) -> torch.nn.Module:
-    stage_dir = run.dir / "retrain"
     arch, _ = chosen_arch(run)
+    return train_standalone(run, arch, "retrain")
+
+
+def train_standalone(run: Run, arch: Arch, stage: str) -> torch.nn.Module:
+    """Train ``arch`` as a static network in ``<run>/<stage>/`` (``retrain.*`` settings); resumable, and skipped
+    when ``done.json`` is there."""
+    stage_dir = run.dir / stage
     c = run.cfg.retrain
     L.seed_everything(run.cfg.seed + 1, workers=True, verbose=False)
     source = load_supernet(run) if c.init == "inherited" else run.space.supernet()
     model = source.extract(arch)
     if (stage_dir / "done.json").exists():
         model.load_state_dict(torch.load(stage_dir / "model.pt", weights_only=True)["state_dict"])
-        log.info("retrain: done already (%s)", stage_dir / "done.json")
+        log.info("%s: done already (%s)", stage, stage_dir / "done.json")
         return model
     system = StandaloneTraining(model, checkpoint_dir=str(stage_dir), **_optim(c))
     last = stage_dir / "last.ckpt"
-    trainer = run.trainer("retrain", c.epochs, val=True, distributed=False)
+    trainer = run.trainer(stage, c.epochs, val=True, distributed=False)
     trainer.fit(system, datamodule=run.data, ckpt_path=str(last) if last.exists() else None)
     artifacts.torch_save({"arch": arch.to_dict(), "state_dict": model.state_dict()}, stage_dir / "model.pt")
     artifacts.write_json(stage_dir / "done.json", {"epochs": c.epochs, "arch": arch.to_dict()})
@@ -305,6 +317,10 @@ def run(cfg: DictConfig) -> dict:
         from nasx.nss import run_nss
 
         return run_nss(cfg)
+    if cfg.get("method", "spos") == "mixpath":  # multi-objective search and K models (nasx/mixpath.py)
+        from nasx.mixpath import run_mixpath
+
+        return run_mixpath(cfg)
     if _ddp_worker():  # started by Lightning's DDP launcher: it only takes part in supernet training
         r = Run(cfg)
         if "train" in cfg.stages:

@@ -1,13 +1,20 @@
 """The search loop: runs any ask/tell strategy against an evaluator, persistently.
 
-Per generation it asks the strategy, enforces the budget, skips candidates already scored, evaluates the rest,
+Per round it asks the strategy, enforces the budget, skips candidates already scored, evaluates the rest,
 tells the rewards, appends one record per candidate to ``history.jsonl`` (flushed and fsynced), and checkpoints
-the strategy to ``state.pt``. Killed at any moment, a re-run in the same directory:
+the strategy to ``state.pt``. A round is one ask/tell exchange: one generation for most strategies; NSGA-II may top
+a generation up with further rounds until enough children meet its constraints. Killed at any moment, a re-run in
+the same directory:
 
-* loads the strategy as of the last completed generation,
-* truncates ``history.jsonl`` to the records of completed generations (the records of the interrupted generation
-  are kept in memory so those candidates are not evaluated again),
+* loads the strategy as of the last completed round,
+* truncates ``history.jsonl`` to the records of completed rounds (the records of the interrupted round are kept in
+  memory so those candidates are not evaluated again),
 * and continues, reaching the same history and best arch as an uninterrupted run with the same seed.
+
+The reward sees the evaluator's metrics plus the candidate's cost (``mflops``, ``params``). A multi-objective
+reward (:class:`~nasx.rewards.Objectives`) adds ``objectives`` (minimisation form) and ``feasible`` to each record;
+a strategy with ``multi_objective = True`` is told ``(objectives, feasible)`` pairs (``(None, False)`` for a
+candidate outside the budget), any other strategy the scalar reward.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ import torch
 from nasx import artifacts
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import NasxError
-from nasx.rewards import WeightedSum
+from nasx.rewards import Objectives, WeightedSum
 
 STATE_VERSION = 1
 
@@ -36,7 +43,12 @@ def _record_arch(record: dict, space: SearchSpace) -> Arch:
     return space.validate(Arch.from_dict(record["arch"]), where="history record")
 
 
-def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[str, float]], reward: WeightedSum,
+def _round(record: dict) -> int:
+    return record.get("round", record["gen"])
+
+
+def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[str, float]],
+               reward: WeightedSum | Objectives,
                budget: Budget, out_dir: str | Path, progress: bool = True,
                on_generation: Callable[[int, list[dict]], None] | None = None) -> SearchResult:
     out_dir = Path(out_dir)
@@ -47,9 +59,10 @@ def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[
         state = torch.load(state_path, weights_only=True)
         strategy.load_state_dict(state["strategy"])
     records = artifacts.read_jsonl(history_path)
-    done_gens = strategy.generation
-    committed = [r for r in records if r["gen"] < done_gens]
-    recovered = {_record_arch(r, space): r for r in records if r["gen"] >= done_gens and r["metrics"] is not None}
+    done_gens, done_rounds = strategy.generation, strategy.rounds
+    multi = getattr(strategy, "multi_objective", False)
+    committed = [r for r in records if _round(r) < done_rounds]
+    recovered = {_record_arch(r, space): r for r in records if _round(r) >= done_rounds and r["metrics"] is not None}
     artifacts.write_jsonl(history_path, committed)
     seen: dict[Arch, dict] = {_record_arch(r, space): r for r in committed if r["metrics"] is not None}
     evaluations = 0
@@ -57,16 +70,16 @@ def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[
     bar = _Progress(strategy.generations, done_gens, _best_reward(committed)) if progress else None
     try:
         while not strategy.done:
-            gen = strategy.generation
+            gen, rnd = strategy.generation, strategy.rounds
             told, gen_records = [], []
             for arch in strategy.ask():
                 arch = space.validate(arch)
                 cost = space.cost(arch)
-                rec = {"gen": gen, "arch": arch.to_dict(), "arch_str": str(arch), "mflops": cost.mflops,
+                rec = {"gen": gen, "round": rnd, "arch": arch.to_dict(), "arch_str": str(arch), "mflops": cost.mflops,
                        "params": cost.params, "cached": False, "metrics": None, "reward": None}
                 if not budget.admits(cost):  # the strategy should never ask this; the loop is the last guard
                     rec["status"] = "over_budget"
-                    value = float("-inf")
+                    value = (None, False) if multi else float("-inf")
                 else:
                     if arch in seen:
                         rec["metrics"], rec["cached"] = seen[arch]["metrics"], True
@@ -75,17 +88,23 @@ def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[
                     else:
                         rec["metrics"] = dict(evaluate(arch))
                         evaluations += 1
-                    value = reward(rec["metrics"])
-                    rec["reward"] = value
+                    full = {**rec["metrics"], "mflops": cost.mflops, "params": cost.params}
+                    rec["reward"] = value = reward.scalar(full)
+                    if reward.multi:
+                        rec["objectives"], rec["feasible"] = list(reward(full)), reward.feasible(full)
+                        if multi:
+                            value = (tuple(rec["objectives"]), rec["feasible"])
                     seen.setdefault(arch, rec)
                 artifacts.append_jsonl(history_path, rec)
                 gen_records.append(rec)
                 told.append((arch, value))
                 if bar:
-                    bar.candidate(value)
+                    bar.candidate(rec["reward"])
             strategy.tell(told)
             artifacts.torch_save({"version": STATE_VERSION, "strategy": strategy.state_dict()}, state_path)
             committed.extend(gen_records)
+            if strategy.generation == gen:  # a top-up round: the generation goes on
+                continue
             if on_generation is not None:
                 on_generation(gen, committed)
             if bar:
@@ -123,8 +142,8 @@ class _Progress:
     def _info(self) -> str:
         return "best reward —" if self.best is None else f"best reward {self.best:.4f}"
 
-    def candidate(self, value: float) -> None:
-        if value != float("-inf") and (self.best is None or value > self.best):
+    def candidate(self, value: float | None) -> None:
+        if value is not None and value != float("-inf") and (self.best is None or value > self.best):
             self.best = value
             self.progress.update(self.task, info=self._info())
 

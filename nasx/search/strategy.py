@@ -48,6 +48,7 @@ class Strategy(ABC):
         self.space, self.budget, self.seed = space, budget, seed
         self.rng = random.Random(seed)
         self.generation = 0
+        self.rounds = 0  # ask/tell exchanges; one per generation unless a strategy tops a generation up
         # arch -> reward, in first-seen order (dicts keep insertion order): this order breaks ties in best()
         self._rewards: dict[Arch, float] = {}
         self._pending: list[Arch] | None = None
@@ -83,6 +84,7 @@ class Strategy(ABC):
         for arch, reward in zip(told, (float(r) for _, r in results)):
             self._rewards.setdefault(arch, -math.inf if math.isnan(reward) else reward)
         self._pending = None
+        self.rounds += 1
         self.generation += 1
 
     def best(self, k: int = 1) -> list[tuple[Arch, float]]:
@@ -124,6 +126,7 @@ class Strategy(ABC):
             "strategy": type(self).__name__,
             "space": self.space.name,
             "generation": self.generation,
+            "rounds": self.rounds,
             "rng": [version, list(internal), gauss],
             "history": [[list(a.choices()), r] for a, r in self._rewards.items()],
             "pending": None if self._pending is None else [list(a.choices()) for a in self._pending],
@@ -137,6 +140,7 @@ class Strategy(ABC):
         version, internal, gauss = d["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.generation = int(d["generation"])
+        self.rounds = int(d.get("rounds", self.generation))
         self._rewards = {}
         for choices, reward in d["history"]:
             self._rewards[self.space.arch(choices)] = float(reward)

@@ -24,7 +24,7 @@ class SupernetTraining(System):
         """The arch trained at ``step``: ``None`` (all blocks, widest) during warm-up."""
         if self.current_epoch < self.warmup_epochs:
             return None
-        return self.space.sample(step_rng(self.seed, step))
+        return self.space.train_sample(step_rng(self.seed, step))
 
     def training_step(self, batch, batch_idx):
         x, y = batch
