@@ -1,0 +1,1 @@
+"""Fixed (not searched) networks: the CMP-NAS gallery model."""
