@@ -60,7 +60,7 @@ class Run:
         self.budget = Budget(mflops=cfg.budget.mflops, params=cfg.budget.params)
         self.space.check_feasible(self.budget)
         self.reward = make_reward(cfg.reward)
-        self.reward.check(list(Evaluator.metrics) + ["mflops", "params"])
+        self.check_reward()
         self.fixed_arch = self._load_arch(cfg.arch) if cfg.arch else None
         # built now so that bad search hyper-parameters fail before training
         factory = instantiate(cfg.search.strategy, _partial_=True)
@@ -71,6 +71,10 @@ class Run:
                                   f"multi-objective reward such as reward=acc_mflops")
             extra["n_objectives"] = len(self.reward.objectives)
         self.strategy = factory(space=self.space, budget=self.budget, seed=cfg.seed, **extra)
+
+    def check_reward(self) -> None:
+        """The reward may name only metrics the method's evaluator produces, and the cost."""
+        self.reward.check(list(Evaluator.metrics) + ["mflops", "params"])
 
     def _load_arch(self, path: str) -> Arch:
         p = Path(path)
@@ -137,15 +141,21 @@ def _optim(c: DictConfig) -> dict:
                 schedule=c.schedule, label_smoothing=c.label_smoothing)
 
 
+def _bct(c: DictConfig, head: torch.nn.Linear | None) -> dict:
+    """BCT arguments of a training system: only with a gallery classifier, weighted by ``<group>.bct_weight``."""
+    return {"bct_weight": float(c.get("bct_weight", 0.0)), "bct_head": head} if head is not None else {}
+
+
 # -- stages --------------------------------------------------------------------------------------------------------
 def _ddp_worker() -> bool:
     """True in the processes Lightning's DDP launcher starts for ranks other than 0."""
     return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
 
 
-def train_supernet(run: Run, force: bool = False) -> int:
+def train_supernet(run: Run, force: bool = False, bct_head: torch.nn.Linear | None = None) -> int:
     """Train the supernet; returns this process's global rank (only rank 0 goes on to the later stages).
-    ``force`` skips the finished-already check (a DDP worker must join the fit rank 0 starts)."""
+    ``force`` skips the finished-already check (a DDP worker must join the fit rank 0 starts). ``bct_head``: the
+    gallery model's classifier, for BCT training with weight ``train.bct_weight``."""
     stage_dir = run.dir / "train"
     if not force and (stage_dir / "done.json").exists():
         log.info("train: done already (%s)", stage_dir / "done.json")
@@ -153,7 +163,7 @@ def train_supernet(run: Run, force: bool = False) -> int:
     c = run.cfg.train
     L.seed_everything(run.cfg.seed, workers=True, verbose=False)
     system = SupernetTraining(run.space.supernet(), run.space, seed=run.cfg.seed, warmup_epochs=c.warmup_epochs,
-                              checkpoint_dir=str(stage_dir), **_optim(c))
+                              checkpoint_dir=str(stage_dir), **_optim(c), **_bct(c, bct_head))
     last = stage_dir / "last.ckpt"
     trainer = run.trainer("train", c.epochs)
     trainer.fit(system, datamodule=run.data, ckpt_path=str(last) if last.exists() else None)
@@ -170,7 +180,7 @@ def load_supernet(run: Run) -> torch.nn.Module:
                         f"(stages=[train,search,...]) or point resume= at a run that has one")
     supernet = run.space.supernet()
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    supernet.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    supernet.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return supernet
 
 
@@ -205,9 +215,9 @@ def retrain(run: Run) -> torch.nn.Module:
     return train_standalone(run, arch, "retrain")
 
 
-def train_standalone(run: Run, arch: Arch, stage: str) -> torch.nn.Module:
-    """Train ``arch`` as a static network in ``<run>/<stage>/`` (``retrain.*`` settings); resumable, and skipped
-    when ``done.json`` is there."""
+def train_standalone(run: Run, arch: Arch, stage: str, bct_head: torch.nn.Linear | None = None) -> torch.nn.Module:
+    """Train ``arch`` as a static network in ``<run>/<stage>/`` (``retrain.*`` settings; BCT against ``bct_head``
+    with ``retrain.bct_weight``); resumable, and skipped when ``done.json`` is there."""
     stage_dir = run.dir / stage
     c = run.cfg.retrain
     L.seed_everything(run.cfg.seed + 1, workers=True, verbose=False)
@@ -217,7 +227,7 @@ def train_standalone(run: Run, arch: Arch, stage: str) -> torch.nn.Module:
         model.load_state_dict(torch.load(stage_dir / "model.pt", weights_only=True)["state_dict"])
         log.info("%s: done already (%s)", stage, stage_dir / "done.json")
         return model
-    system = StandaloneTraining(model, checkpoint_dir=str(stage_dir), **_optim(c))
+    system = StandaloneTraining(model, checkpoint_dir=str(stage_dir), **_optim(c), **_bct(c, bct_head))
     last = stage_dir / "last.ckpt"
     trainer = run.trainer(stage, c.epochs, val=True, distributed=False)
     trainer.fit(system, datamodule=run.data, ckpt_path=str(last) if last.exists() else None)
@@ -317,6 +327,10 @@ def run(cfg: DictConfig) -> dict:
         from nasx.nss import run_nss
 
         return run_nss(cfg)
+    if cfg.get("method", "spos") == "cmp_nas":  # gallery model, BCT, retrieval rewards (nasx/cmp_nas.py)
+        from nasx.cmp_nas import run_cmp_nas
+
+        return run_cmp_nas(cfg)
     if cfg.get("method", "spos") == "mixpath":  # multi-objective search and K models (nasx/mixpath.py)
         from nasx.mixpath import run_mixpath
 

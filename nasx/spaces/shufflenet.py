@@ -121,8 +121,12 @@ class ShuffleNet(nn.Module):
         """(N, C, H, W) images -> (N, last_channels) pooled features (the embedding)."""
         return self.last(self.units(self.stem(x))).mean((2, 3))
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Embedding -> logits (dropout, then the classifier)."""
+        return self.classifier(self.dropout(features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.forward_features(x)))
+        return self.head(self.forward_features(x))
 
 
 class ShuffleNetSpace(AdditiveSearchSpace):
@@ -220,8 +224,12 @@ class ShuffleNetSupernet(nn.Module):
                 x = blocks[c[2 * i]](x, self.space.mids[i][c[2 * i + 1]])
         return self.last(x).mean((2, 3))
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Embedding -> logits (dropout, then the classifier)."""
+        return self.classifier(self.dropout(features))
+
     def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
-        return self.classifier(self.dropout(self.forward_features(x, arch)))
+        return self.head(self.forward_features(x, arch))
 
     def extract(self, arch: Arch) -> ShuffleNet:
         arch = self.space.validate(arch)

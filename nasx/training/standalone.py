@@ -9,8 +9,7 @@ from nasx.training.base import System
 class StandaloneTraining(System):
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        loss, logits = self.objective(x, y)
         self.guard(loss, "standalone")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", self.top1(logits, y), prog_bar=True)

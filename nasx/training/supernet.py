@@ -8,7 +8,6 @@ of its blocks at the largest width [seed: CMP-NAS trains 10 warm-up epochs].
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from nasx.arch import SearchSpace, step_rng
 from nasx.errors import NasxError
@@ -31,8 +30,7 @@ class SupernetTraining(System):
         arch = self.sampled_arch(self.global_step)
         if batch_idx == 0 and self.trainer.world_size > 1:
             self._check_ranks_agree(arch)
-        logits = self.model(x, arch)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        loss, logits = self.objective(x, y, arch)
         self.guard(loss, "warm-up" if arch is None else f"arch {arch}")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", self.top1(logits, y), prog_bar=True)

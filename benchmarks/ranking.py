@@ -1,0 +1,119 @@
+"""How well does a MixPath supernet rank architectures? (MixPath's ranking study, METHODS.md §5.)
+
+Samples N architectures of the CPU-sized S1 space, trains each standalone on the embedded digits with a short
+fixed schedule (the ground truth), trains two supernets — shadow BN and plain BN — and reports Kendall τ (scipy)
+between the ground truth and each supernet's predicted accuracy, before and after BN calibration.
+
+    python benchmarks/ranking.py                 # N = 24, the figures in experiments/mixpath/RESULTS.md
+    python benchmarks/ranking.py --n 20 --gt-epochs 10 --supernet-epochs 60
+
+Every trained model's accuracy is kept in ``--out`` (JSON, written atomically after each model), so an interrupted
+run resumes where it stopped. The supernets and standalone models use nasx's own training systems.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from scipy.stats import kendalltau
+
+from nasx import artifacts
+from nasx.data.digits import DigitsDataModule
+from nasx.evaluator import Evaluator, classification_metrics
+from nasx.spaces.mixpath import MixPathSpace
+from nasx.training.standalone import StandaloneTraining
+from nasx.training.supernet import SupernetTraining
+
+S1_CPU = dict(name="mixpath_s1_cpu", family="ib", widths=[8, 12, 12, 16, 16, 16, 24, 24, 24, 32, 32, 40],
+              strides=[1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1], kernels=[3, 5, 7, 9], expansions=[3, 6],
+              stem_channels=8, last_channels=64, input_size=16, in_channels=1, num_classes=10)
+OPTIM = dict(lr=0.1, momentum=0.9, weight_decay=4e-5, nesterov=True, schedule="cosine")
+
+
+def _fit(system, data, epochs: int, seed: int) -> None:
+    L.seed_everything(seed, verbose=False)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0)
+    trainer.fit(system, datamodule=data)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=24, help="architectures sampled (≥ 20)")
+    ap.add_argument("--max-paths", type=int, default=2, help="m, the most paths active per layer")
+    ap.add_argument("--gt-epochs", type=int, default=10, help="standalone epochs per architecture (ground truth)")
+    ap.add_argument("--supernet-epochs", type=int, default=60)
+    ap.add_argument("--bn-batches", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="experiments/mixpath/ranking.json")
+    args = ap.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    out = Path(args.out)
+    state = json.loads(out.read_text()) if out.exists() else {}
+    key = f"n={args.n},m={args.max_paths},gt={args.gt_epochs},sn={args.supernet_epochs},seed={args.seed}"
+    state = state if state.get("key") == key else {"key": key, "ground_truth": {}, "predicted": {}}
+
+    data = DigitsDataModule(seed=args.seed, image_size=16, batch_size=64)
+    data.setup()
+    test = list(data.test_dataloader())
+    space = MixPathSpace(**S1_CPU, max_paths=args.max_paths)
+    rng = random.Random(args.seed)
+    archs = []
+    while len(archs) < args.n:  # distinct archs, uniform over the space's encodings
+        a = space.sample(rng)
+        if a not in archs:
+            archs.append(a)
+
+    t0 = time.time()
+    for i, arch in enumerate(archs):
+        if str(arch) in state["ground_truth"]:
+            continue
+        model = space.supernet().extract(arch)  # fresh weights
+        _fit(StandaloneTraining(model, **OPTIM), data, args.gt_epochs, args.seed + 1)
+        state["ground_truth"][str(arch)] = classification_metrics(model.eval(), test)["top1"]
+        artifacts.write_json(out, state)
+        print(f"ground truth {i + 1}/{args.n}: {state['ground_truth'][str(arch)]:.4f} "
+              f"({space.cost(arch).mflops:.2f} MFLOPs, {time.time() - t0:.0f} s)", flush=True)
+
+    calibration = data.calibration_batches(args.bn_batches, 64)
+    for shadow in (True, False):
+        name = "shadow" if shadow else "plain"
+        if all(f"{name},{cal}" in state["predicted"] for cal in ("before", "after")):
+            continue
+        sp = MixPathSpace(**S1_CPU, max_paths=args.max_paths, shadow_bn=shadow)
+        net = sp.supernet()
+        t = time.time()
+        _fit(SupernetTraining(net, sp, seed=args.seed, **OPTIM), data, args.supernet_epochs, args.seed)
+        print(f"supernet ({name} BN): {time.time() - t:.0f} s", flush=True)
+        for cal, flag in (("before", False), ("after", True)):
+            ev = Evaluator(net, calibration, test, calibrate=flag)
+            state["predicted"][f"{name},{cal}"] = {str(a): ev(sp.arch(a.choices()))["top1"] for a in archs}
+        artifacts.write_json(out, state)
+
+    gt = [state["ground_truth"][str(a)] for a in archs]
+    rows = []
+    for setting, pred in state["predicted"].items():
+        p = [pred[str(a)] for a in archs]
+        tau, pval = kendalltau(gt, p)
+        rows.append({"setting": setting, "tau": float(tau), "p": float(pval),
+                     "mean_pred": sum(p) / len(p)})
+    state["kendall"] = rows
+    state["ground_truth_range"] = [min(gt), max(gt)]
+    artifacts.write_json(out, state)
+    print(f"\nKendall τ between standalone top-1 ({args.gt_epochs} epochs, range {min(gt):.3f}–{max(gt):.3f}) and "
+          f"supernet top-1, {args.n} archs of S1-cpu (m = {args.max_paths}):")
+    print(f"{'BN':8s} {'calibration':12s} {'tau':>7s} {'p':>8s} {'mean predicted top-1':>22s}")
+    for r in rows:
+        bn, cal = r["setting"].split(",")
+        print(f"{bn:8s} {cal:12s} {r['tau']:7.3f} {r['p']:8.4f} {r['mean_pred']:22.3f}")
+
+
+if __name__ == "__main__":
+    main()
