@@ -45,6 +45,18 @@ class AtomicCheckpointIO(L.pytorch.plugins.TorchCheckpointIO):
         artifacts.torch_save(checkpoint, Path(path))
 
 
+class SaveLast(L.Callback):
+    """Writes ``<stage>/last.ckpt`` at the end of every training epoch, so a killed fit resumes from its last finished
+    epoch. (Lightning's ``ModelCheckpoint(save_last=True, save_top_k=0)`` writes ``last.ckpt`` only when it also wrote
+    a top-k checkpoint — in Lightning 2.6 that is never, which left nothing to resume from until the fit ended.)"""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.save_checkpoint(self.path)
+
+
 # -- setup ---------------------------------------------------------------------------------------------------------
 class Run:
     """Everything the stages share, built and validated before any work starts."""
@@ -101,13 +113,13 @@ def make_trainer(cfg: DictConfig, stage_dir: Path, epochs: int, val: bool = Fals
     progress. ``distributed=False`` keeps the accelerator but one device: DDP workers take part in supernet training
     only."""
     single = {} if distributed else {"devices": 1, "strategy": "auto"}
-    callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=stage_dir, save_last=True, save_top_k=0,
-                                                     every_n_epochs=1)]
+    callbacks = [SaveLast(stage_dir / "last.ckpt")]
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
     logger = instantiate(cfg.logger, save_dir=str(stage_dir)) if cfg.logger else False
     return instantiate(cfg.trainer, max_epochs=epochs, default_root_dir=str(stage_dir), logger=logger,
                        callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=cfg.progress,
+                       enable_checkpointing=False,  # SaveLast writes the one checkpoint a stage resumes from
                        limit_val_batches=None if val else 0, num_sanity_val_steps=0, enable_model_summary=False,
                        **single)
 

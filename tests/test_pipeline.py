@@ -176,3 +176,38 @@ def test_ddp_on_two_cpu_processes_trains_one_supernet_and_rank_zero_finishes(tmp
     assert done["world_size"] == 2
     # each rank saw half the batches per epoch: the global step counts optimizer steps of one rank
     assert (run_dir / "results.json").exists() and len(artifacts.read_jsonl(run_dir / "search" / "history.jsonl")) == 18
+
+
+def test_training_killed_mid_fit_leaves_last_ckpt_of_the_finished_epoch_and_resumes(tmp_path):
+    """Nothing is lost when a run is killed: last.ckpt is written after every epoch, not only at the end."""
+    import lightning as L
+    import torch
+
+    from nasx.pipeline import Run, train_supernet
+
+    class Killed(Exception):
+        """Stands in for a kill (Lightning turns a real KeyboardInterrupt into sys.exit and ignores SIGINT after)."""
+
+    class KillAfterEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise Killed
+
+    cfg = compose(["experiment=quickstart", *TINY, "train.epochs=3", "stages=[train]"], tmp_path)
+    run = Run(cfg)
+    original = run.trainer
+
+    def trainer_with_kill(*args, **kwargs):
+        t = original(*args, **kwargs)
+        t.callbacks.append(KillAfterEpoch())
+        return t
+
+    run.trainer = trainer_with_kill
+    with pytest.raises(Killed):
+        train_supernet(run)
+    ckpt = torch.load(tmp_path / "train" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 1 and not (tmp_path / "train" / "done.json").exists()
+    assert not (tmp_path / "train" / "checkpoints").exists()  # no second checkpoint family
+    train_supernet(Run(cfg))  # resumes and finishes
+    assert torch.load(tmp_path / "train" / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert (tmp_path / "train" / "done.json").exists()
