@@ -32,8 +32,9 @@ from nasx.training.supernet import SupernetTraining
 
 S1_CPU = dict(name="mixpath_s1_cpu", family="ib", widths=[8, 12, 12, 16, 16, 16, 24, 24, 24, 32, 32, 40],
               strides=[1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1], kernels=[3, 5, 7, 9], expansions=[3, 6],
-              stem_channels=8, last_channels=64, input_size=16, in_channels=1, num_classes=10)
-OPTIM = dict(lr=0.1, momentum=0.9, weight_decay=4e-5, nesterov=True, schedule="cosine")
+              stem_channels=8, last_channels=64, input_size=16, in_channels=1, num_classes=10,
+              zero_init_residual=True)  # = conf/space/mixpath_s1_cpu.yaml
+OPTIM = dict(lr=0.05, momentum=0.9, weight_decay=4e-5, nesterov=True, schedule="cosine")  # = mixpath_digits
 
 
 def _fit(system, data, epochs: int, seed: int) -> None:
@@ -60,7 +61,7 @@ def main() -> None:
     key = f"n={args.n},m={args.max_paths},gt={args.gt_epochs},sn={args.supernet_epochs},seed={args.seed}"
     state = state if state.get("key") == key else {"key": key, "ground_truth": {}, "predicted": {}}
 
-    data = DigitsDataModule(seed=args.seed, image_size=16, batch_size=64)
+    data = DigitsDataModule(seed=args.seed, image_size=16, batch_size=32)
     data.setup()
     test = list(data.test_dataloader())
     space = MixPathSpace(**S1_CPU, max_paths=args.max_paths)

@@ -234,3 +234,14 @@ def test_paper_presets_run_end_to_end_on_real_format_fixtures(tmp_path, experime
     results = run(cfg)
     assert results["space"] == experiment.split("_")[0] + "_" + experiment.split("_")[1]
     assert len(results["models"]) == 2
+
+
+def test_zero_init_residual_starts_every_residual_block_as_the_identity():
+    space = make("s1", zero_init_residual=True)
+    net = space.supernet().train()
+    residual = [i for i, layer in enumerate(net.layers) if layer.residual]
+    assert residual, "the CPU S1 has residual layers"
+    layer = net.layers[residual[0]]
+    h = torch.randn(2, layer.sbn.bns[0].num_features, 16, 16)
+    assert torch.equal(layer(h, (0, 3)), h)
+    assert not make("s1").supernet().layers[residual[0]].sbn.bns[0].weight.eq(0).any()  # off by default

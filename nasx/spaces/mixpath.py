@@ -19,6 +19,10 @@ supernet computes for that arch.
   1×1 conv-BN-ReLU projection [ref]; at least one is on, so the space has 4^4 − 1 = 255 cells. The output node sums
   the active nodes, applies the shadow BN, a 1×1 conv and ReLU.
 
+``zero_init_residual`` [nasx, off by default; the reference initialises γ = 1] starts every residual block as the
+identity by zeroing the γ of its shadow BNs (Goyal et al., 2017). The CPU presets turn it on: on the embedded digits the
+12-layer supernet otherwise trains too slowly to rank anything (README, "MixPath").
+
 MFLOPs are multiply-accumulates of convolutions and the classifier, in millions (BN, ReLU, pooling and additions
 are not counted). Params count the extracted model's trainable parameters.
 """
@@ -215,7 +219,8 @@ class MixPathSpace(AdditiveSearchSpace):
                  kernels: Sequence[int] = (3, 5, 7, 9), expansions: Sequence[int] = (3, 6), max_paths: int = 2,
                  groups: int = 4, stem_channels: int = 32, stem_stride: int = 1, last_channels: int = 1280,
                  shadow_bn: bool = True, input_size: int = 32, in_channels: int = 3, num_classes: int = 10,
-                 cells: int = 9, pool_after: Sequence[int] = (2, 5), dropout: float = 0.0):
+                 cells: int = 9, pool_after: Sequence[int] = (2, 5), dropout: float = 0.0,
+                 zero_init_residual: bool = False):
         if family not in FAMILIES:
             raise ConfigError(f"space.family must be one of {', '.join(FAMILIES)}, got '{family}'")
         self.name, self.family = name, family
@@ -223,7 +228,7 @@ class MixPathSpace(AdditiveSearchSpace):
         self.max_paths, self.n_groups, self.shadow_bn = int(max_paths), int(groups), bool(shadow_bn)
         self.stem_channels, self.stem_stride, self.last_channels = stem_channels, stem_stride, last_channels
         self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
-        self.dropout = dropout
+        self.dropout, self.zero_init_residual = dropout, bool(zero_init_residual)
         if family == "cell":
             if len(widths) != 3:
                 raise ConfigError(f"space.widths: the cell family takes 3 stage widths, got {list(widths)}")
@@ -412,6 +417,11 @@ class MixPathSupernet(nn.Module):
             else:
                 layers.append(MultiPathCell(cin, cout, s.shadow_bn))
         self.layers = nn.ModuleList(layers)
+        if s.zero_init_residual:  # [nasx] residual blocks start as the identity (γ = 0 in their shadow BNs)
+            for layer in layers:
+                if getattr(layer, "residual", False):
+                    for bn in layer.sbn.bns:
+                        nn.init.zeros_(bn.weight)
         self.head = nn.Identity() if s.family == "cell" else _conv_bn_act(s.widths[-1], s.last_channels, 1)
         features = s.widths[-1] if s.family == "cell" else s.last_channels
         self.classifier = nn.Sequential(nn.Dropout(s.dropout), nn.Linear(features, s.num_classes))
