@@ -101,12 +101,13 @@ def _print_results(r: dict) -> None:
 
     if r.get("method") == "cmp_nas":
         t = Table(title=f"nasx · {r['experiment']} · CMP-NAS: {r['mflops']:.3f} MFLOPs, reward {r['reward']}")
-        t.add_column("model")
-        for col in ("hom top-1", "hom top-5", "hom top-10", "het top-1", "het top-5", "het top-10"):
-            t.add_column(col, justify="right")
-        for name, m in r["test"].items():
-            t.add_row(name, *[f"{100 * m[f'{p}_top{k}']:.2f}" if f"{p}_top{k}" in m else "—"
-                              for p in ("hom", "het") for k in (1, 5, 10)])
+        from nasx.cmp_nas import table
+
+        header, rows = table(r)  # one row per test metric, one column per model and side (hom / het), in %
+        for i, col in enumerate(header):
+            t.add_column(col, justify="right" if i else "left")
+        for row in rows:
+            t.add_row(*row)
         Console().print(t)
         return
 
