@@ -1,9 +1,7 @@
 """CMP-NAS (METHODS.md §1): BCT makes a query model compatible with the gallery model; retrieval rewards."""
 from __future__ import annotations
 
-import logging
 
-import lightning as L
 import pytest
 import torch
 from conftest import compose
@@ -12,16 +10,12 @@ from nasx.cmp_nas import RetrievalEvaluator, embed, retrieval_metrics
 from nasx.data.digits import DigitsDataModule
 from nasx.errors import ConfigError
 from nasx.models.resnet import ResNetEmbedding
+from nasx.training.base import fit_quiet
 from nasx.training.standalone import StandaloneTraining
 
 OPT = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True, schedule="cosine")
 
 
-def _fit(system, data, epochs):
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-              num_sanity_val_steps=0).fit(system, datamodule=data)
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +26,14 @@ def trained(tiny_space):
     data.setup()
     gallery = ResNetEmbedding(blocks=(1, 1), width=8, embedding_dim=tiny_space.last_channels, num_classes=10,
                               in_channels=1, stem_stride=1, stem_pool=False)
-    _fit(StandaloneTraining(gallery, **OPT), data, 8)
+    fit_quiet(StandaloneTraining(gallery, **OPT), data, 8)
     gallery.eval().requires_grad_(False)
     arch = tiny_space.sample(__import__("random").Random(0))
     queries = {}
     for name, w in (("bct", 1.0), ("scratch", 0.0)):
         torch.manual_seed(1)
         q = tiny_space.supernet().extract(arch)
-        _fit(StandaloneTraining(q, bct_weight=w, bct_head=gallery.classifier if w else None, **OPT), data, 8)
+        fit_quiet(StandaloneTraining(q, bct_weight=w, bct_head=gallery.classifier if w else None, **OPT), data, 8)
         queries[name] = q.eval()
     return data, gallery, queries
 

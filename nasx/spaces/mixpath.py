@@ -272,10 +272,10 @@ class MixPathSpace(AdditiveSearchSpace):
     def describe(self, arch: Arch) -> str:
         if self.family == "ib":
             nk = len(self.kernels)
-            return " | ".join("+".join(f"t{self.expansions[p // nk]}k{self.kernels[p % nk]}" for p in paths)
+            return " · ".join("+".join(f"t{self.expansions[p // nk]}k{self.kernels[p % nk]}" for p in paths)
                               for paths in self.layer_choices(arch))
         if self.family == "mixconv":
-            return " | ".join("/".join(str(self.kernels[k]) for k in ks) for ks in self.layer_choices(arch))
+            return " · ".join("/".join(str(self.kernels[k]) for k in ks) for ks in self.layer_choices(arch))
         return "cell: " + ", ".join(CELL_OPS[o] for o in arch.choices())
 
     # -- validity (the cell space forbids all nodes off) ---------------------------------------------------------
