@@ -16,11 +16,16 @@ from typing import Callable, Iterable
 import torch
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; an artifact gets the permissions open() would give it
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

@@ -125,3 +125,15 @@ def test_rerunning_a_finished_search_evaluates_nothing(tiny_space, tmp_path):
     run_search(_strategy(tiny_space, budget), tiny_space, evaluator, WeightedSum({"top1": 1.0}), budget, tmp_path,
                progress=False)
     assert evaluator.calls == [] and artifacts.read_jsonl(tmp_path / "history.jsonl") == before
+
+
+def test_atomic_artifacts_get_the_permissions_a_plain_open_would_give(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); results meant to be shared must not stay private."""
+    import os
+
+    from nasx import artifacts
+
+    artifacts.write_json(tmp_path / "r.json", {"a": 1})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert os.stat(tmp_path / "r.json").st_mode & 0o777 == os.stat(plain).st_mode & 0o777

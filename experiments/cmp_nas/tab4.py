@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10, help="training epochs of each query model")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
+    ap.add_argument("--image-size", type=int, default=16, help="digits upsampled to this size (the gallery is 4 stages)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="experiments/cmp_nas/tab4.json")
     args = ap.parse_args()
@@ -62,7 +63,7 @@ def main() -> None:
     state = json.loads(out.read_text()) if out.exists() else {"rows": {}}
     opt = dict(momentum=0.9, weight_decay=5e-4, nesterov=True, schedule="cosine")
 
-    data = DigitsDataModule(seed=args.seed, image_size=32, batch_size=64)
+    data = DigitsDataModule(seed=args.seed, image_size=args.image_size, batch_size=64)
     data.setup()
     (qx, qy), (gx, gy) = data.split("test"), data.split("train")
 
