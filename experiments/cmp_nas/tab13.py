@@ -1,0 +1,75 @@
+"""CMP-NAS Tab. 1/3 on the embedded digits: the searched query model against hand-picked fixed architectures of
+similar MFLOPs from the same space, all retrained with BCT, homogeneous and heterogeneous top-1/5/10.
+
+Uses the BCT + R3 search of ``experiments/cmp_nas/fig1.py`` (run that first). Hand-picked: every layer the same
+block (shuffle 3×3, 5×5, 7×7 or Xception) at the one width index that brings the arch closest to the searched arch's
+MFLOPs without leaving the tier's budget.
+
+    python experiments/cmp_nas/tab13.py       # the table in experiments/cmp_nas/RESULTS.md
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from nasx import artifacts
+from nasx.arch import Arch
+from nasx.cmp_eval import embed, retrieval_metrics
+from nasx.cmp_nas import CMPRun, train_gallery
+from nasx.pipeline import train_standalone
+from nasx.spaces.shufflenet import BLOCKS
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="outputs/cmp_fig1")
+    ap.add_argument("--out", default="experiments/cmp_nas/tab13.json")
+    args = ap.parse_args()
+    root = Path(args.runs).resolve()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "experiment=cmp_nas_digits", "progress=false", "train.bct_weight=1", "reward=cmp_r3",
+            f"paths.run_dir={root / 'BCT_cmp_r3'}",
+            f"gallery.checkpoint={root / 'supernet_vanilla' / 'gallery' / 'model.pt'}"])
+    run = CMPRun(cfg)
+    gallery = train_gallery(run)
+    best = artifacts.read_json(run.dir / "search" / "best.json")
+    searched = run.space.validate(Arch.from_dict(best["arch"]))
+    target = run.space.cost(searched).mflops
+    models = {"searched (BCT, R3)": searched}
+    n_layers = len(run.space.genes) // 2
+    for b, block in enumerate(BLOCKS):
+        fits = [run.space.arch([v for _ in range(n_layers) for v in (b, w)]) for w in range(10)]
+        fits = [a for a in fits if run.budget.admits(run.space.cost(a))]
+        if fits:
+            models[f"all {block}"] = min(fits, key=lambda a: abs(run.space.cost(a).mflops - target))
+
+    run.data.setup("fit")
+    (qx, qy), (gx, gy) = run.data.split("test"), run.data.split("train")
+    g_emb = embed(gallery, gx)
+    rows = {}
+    for i, (name, arch) in enumerate(models.items()):
+        model = train_standalone(run, arch, f"tab13/{i}", bct_head=gallery.classifier)
+        q = embed(model, qx)
+        rows[name] = {"arch": str(arch), "mflops": run.space.cost(arch).mflops,
+                      **retrieval_metrics(q, embed(model, gx), qy, gy, "hom"),
+                      **retrieval_metrics(q, g_emb, qy, gy, "het")}
+        artifacts.write_json(Path(args.out), rows)
+    rows["paragon A(φg, φg)"] = {"arch": "gallery ResNet", "mflops": None,
+                                 **retrieval_metrics(embed(gallery, qx), g_emb, qy, gy, "hom")}
+    artifacts.write_json(Path(args.out), rows)
+    print("| query model | MFLOPs | hom top-1 | hom top-5 | hom top-10 | het top-1 | het top-5 | het top-10 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        cells = [f"{r[k]:.3f}" if k in r else "—" for k in
+                 ("hom_top1", "hom_top5", "hom_top10", "het_top1", "het_top5", "het_top10")]
+        mf = "—" if r["mflops"] is None else f"{r['mflops']:.3f}"
+        print(f"| {name} | {mf} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
