@@ -34,6 +34,19 @@ def resume_argv(argv: list[str]) -> list[str]:
     return kept + argv + [f"hydra.run.dir={run_dir}"]
 
 
+MAX_DIRNAME = 120  # characters of a sweep job's directory name (file systems allow 255 bytes)
+
+
+def short_dirname(name: str) -> str:
+    """A sweep job's override string as a directory name: whole if short, else its head and a hash of the whole.
+    The overrides themselves are in the job's ``.hydra/overrides.yaml`` and ``config.yaml``."""
+    if len(name) <= MAX_DIRNAME:
+        return name
+    import hashlib
+
+    return f"{name[:MAX_DIRNAME - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def main() -> None:
     if not CONF_DIR.is_dir():
         sys.exit(f"nasx: error: config directory {CONF_DIR} not found (install nasx from a clone: pip install -e .)")
@@ -41,7 +54,10 @@ def main() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
 
     import hydra
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    if not OmegaConf.has_resolver("nasx_dirname"):
+        OmegaConf.register_new_resolver("nasx_dirname", short_dirname)
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:

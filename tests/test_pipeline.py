@@ -211,3 +211,16 @@ def test_training_killed_mid_fit_leaves_last_ckpt_of_the_finished_epoch_and_resu
     train_supernet(Run(cfg))  # resumes and finishes
     assert torch.load(tmp_path / "train" / "last.ckpt", weights_only=False)["epoch"] == 2
     assert (tmp_path / "train" / "done.json").exists()
+
+
+def test_sweep_job_directory_names_stay_within_file_system_limits():
+    """`nasx -m` with many overrides names each job directory after them; a long list is cut and hashed, not an
+    OSError (File name too long)."""
+    from nasx.cli import MAX_DIRNAME, short_dirname
+
+    short = "reward=cmp_r1,train.bct_weight=0"
+    assert short_dirname(short) == short
+    long_a = ",".join(f"search.strategy.key{i}={i}" for i in range(20))
+    long_b = long_a.replace("key19=19", "key19=20")
+    assert len(short_dirname(long_a)) == MAX_DIRNAME and short_dirname(long_a) != short_dirname(long_b)
+    assert short_dirname(long_a).startswith(long_a[:100])
