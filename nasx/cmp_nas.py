@@ -31,8 +31,7 @@ from nasx.cmp_eval import (FASHION_KS, KS, CompatibilityEvaluator, RetrievalEval
                            retrieval_metrics, verification_pairs)
 from nasx.errors import ConfigError, NasxError
 from nasx.pipeline import STAGES, Run, _optim, chosen_arch, load_supernet, start, train_standalone, train_supernet
-from nasx.search.loop import run_search
-from nasx.search.plots import plot_search
+from nasx.pipeline import search as pipeline_search
 from nasx.training.standalone import StandaloneTraining
 
 log = logging.getLogger("nasx")
@@ -142,13 +141,7 @@ def search(run: CMPRun, gallery: torch.nn.Module) -> dict:
     evaluator = CompatibilityEvaluator(load_supernet(run).to(dev), run.data.calibration_batches(c.bn_batches,
                                                                                                 c.bn_batch_size),
                                        reward_data(run), gallery, dev)
-    out = run.dir / "search"
-    plot = lambda gen, records: plot_search(records, out / "search.png", run.budget.mflops,  # noqa: E731
-                                            title=f"{run.cfg.name}: {run.reward!r}")
-    result = run_search(run.strategy, run.space, evaluator, run.reward, run.budget, out, progress=run.cfg.progress,
-                        on_generation=plot)
-    plot(None, result.records)
-    return result.best
+    return pipeline_search(run, evaluator)
 
 
 def closed_set_results(data, model: torch.nn.Module, gallery: torch.nn.Module, dev: torch.device) -> dict:

@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 from nasx import artifacts
 from nasx.arch import Arch
 from nasx.errors import ConfigError, NasxError
-from nasx.evaluator import Evaluator, classification_metrics
-from nasx.pipeline import STAGES, Run, load_supernet, start, train_standalone, train_supernet
+from nasx.evaluator import classification_metrics
+from nasx.pipeline import STAGES, Run, make_evaluator, start, train_standalone, train_supernet
 from nasx.search.loop import run_search
 from nasx.search.nsga2 import equispaced, hypervolume, non_dominated
 from nasx.search.random_search import RandomSearch
@@ -67,10 +67,7 @@ def _distinct(records: list[dict]) -> list[dict]:
 
 def search(run: MixPathRun) -> dict:
     c = run.cfg.search
-    run.data.setup("fit")
-    supernet = load_supernet(run).to(run.device())
-    evaluator = Evaluator(supernet, run.data.calibration_batches(c.bn_batches, c.bn_batch_size),
-                          list(run.data.val_dataloader()), device=run.device(), calibrate=c.get("bn_calibration", True))
+    evaluator = make_evaluator(run, calibrate=c.get("bn_calibration", True))
     out = run.dir / "search"
     nsga = run_search(run.strategy, run.space, evaluator, run.reward, run.budget, out / "nsga2",
                       progress=run.cfg.progress)

@@ -196,12 +196,17 @@ def load_supernet(run: Run) -> torch.nn.Module:
     return supernet
 
 
-def search(run: Run) -> dict:
+def make_evaluator(run: Run, calibrate: bool = True) -> Evaluator:
+    """The classification evaluator of a run: its trained supernet, cached calibration and validation batches."""
     c = run.cfg.search
     run.data.setup("fit")
-    supernet = load_supernet(run).to(run.device())
-    evaluator = Evaluator(supernet, run.data.calibration_batches(c.bn_batches, c.bn_batch_size),
-                          list(run.data.val_dataloader()), device=run.device())
+    return Evaluator(load_supernet(run).to(run.device()), run.data.calibration_batches(c.bn_batches, c.bn_batch_size),
+                     list(run.data.val_dataloader()), device=run.device(), calibrate=calibrate)
+
+
+def search(run: Run, evaluator=None) -> dict:
+    """Single-objective search with ``evaluator`` (default: :func:`make_evaluator`), plot, best record."""
+    evaluator = make_evaluator(run) if evaluator is None else evaluator
     out = run.dir / "search"
     plot = lambda gen, records: plot_search(records, out / "search.png", run.budget.mflops,  # noqa: E731
                                             title=f"{run.cfg.name}: {run.reward!r}")

@@ -195,20 +195,6 @@ def test_mixpath_digits_runs_every_stage_and_writes_front_plot_and_table(tmp_pat
     assert again["models"] == results["models"]
 
 
-def _write_cifar10(root, n: int = 24):
-    import pickle
-
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(d / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"labels": rng.integers(0, 10, n).tolist()}, f)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["mixpath_s1_cifar10", "mixpath_s2_imagenet", "mixpath_s3_imagenet",
                                         "mixpath_s4_cifar10"])
@@ -222,7 +208,9 @@ def test_paper_presets_run_end_to_end_on_real_format_fixtures(tmp_path, experime
     data = tmp_path / "data"
     extra = ["data.batch_size=32", "space.input_size=16"]
     if "cifar10" in experiment:
-        _write_cifar10(data / "cifar10")
+        from test_nss_search import _write_cifar
+
+        _write_cifar(data / "cifar10", "cifar10", n=24)
     else:
         from test_imagenet import make_imagenet
 

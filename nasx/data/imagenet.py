@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nasx.data.memory import carve
+from nasx.data.memory import calibration_indices, carve
 from nasx.errors import ConfigError, DatasetError, one_line
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -410,7 +410,5 @@ class ImageNetDataModule(L.LightningDataModule):
         """
         ds = self.dataset("train")
         bs = self.batch_size if batch_size is None else int(batch_size)
-        g = torch.Generator().manual_seed(self.seed)
-        passes = max(math.ceil(n_batches * bs / len(ds)), 1)
-        idx = torch.cat([torch.randperm(len(ds), generator=g) for _ in range(passes)])[:n_batches * bs]
+        idx = calibration_indices(len(ds), n_batches, bs, self.seed)
         return [(x, y) for x, y in self._loader(ds, bs, sampler=idx.tolist())]

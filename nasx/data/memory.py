@@ -74,6 +74,14 @@ def random_shift_flip(x: Tensor, shift: int, hflip: bool, generator: torch.Gener
     return x
 
 
+def calibration_indices(n: int, n_batches: int, batch_size: int, seed: int) -> Tensor:
+    """The ``n_batches * batch_size`` sample indices of a split's fixed calibration batches: a permutation seeded by
+    ``seed``, walked again in a fresh permutation when the split is too short. Identical across calls."""
+    g = torch.Generator().manual_seed(seed)
+    passes = max(math.ceil(n_batches * batch_size / n), 1)
+    return torch.cat([torch.randperm(n, generator=g) for _ in range(passes)])[:n_batches * batch_size]
+
+
 def carve(n: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Seeded split of indices 0..n-1 into (rest, carved) with round(fraction * n) carved, both int64."""
     perm = torch.randperm(n, generator=generator)
@@ -179,9 +187,7 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         """
         ds = self._dataset("train")
         bs = self.batch_size if batch_size is None else int(batch_size)
-        g = torch.Generator().manual_seed(self.seed)
-        passes = math.ceil(n_batches * bs / len(ds))
-        idx = torch.cat([torch.randperm(len(ds), generator=g) for _ in range(max(passes, 1))])
+        idx = calibration_indices(len(ds), n_batches, bs, self.seed)
         return [ds.__getitems__(idx[i * bs:(i + 1) * bs]) for i in range(n_batches)]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

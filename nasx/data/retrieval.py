@@ -23,7 +23,7 @@ a retrieval metric on the carve (:mod:`nasx.cmp_eval`). Fashion's carve shares n
 
 from __future__ import annotations
 
-import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from nasx.data.face import IJBC, IJBC_META, ijbc_dataset, imdb_face_dataset, loa
 from nasx.data.fashion import (FashionItem, deepfashion2_dataset, fashion_classes, fashion_gallery, fashion_queries,
                                load_deepfashion2)
 from nasx.data.imagenet import EpochSampler
+from nasx.data.memory import calibration_indices
 from nasx.errors import ConfigError, DatasetError
 
 
@@ -76,7 +77,7 @@ def _empty_crops(image_size: int) -> CropDataset:
     return CropDataset([], [], [], image_size)
 
 
-class CropRetrievalDataModule(L.LightningDataModule):
+class CropRetrievalDataModule(L.LightningDataModule, ABC):
     """Shared machinery of :class:`FaceDataModule` and :class:`FashionDataModule`. Batches: x (B, 3, S, S) float32
     normalised, y (B,) int64 class. Subclasses implement ``_check_layout`` (one-line DatasetError naming the missing
     path and the expected layout) and ``_load`` (sets ``num_classes``, ``_train``, ``_val``)."""
@@ -107,11 +108,13 @@ class CropRetrievalDataModule(L.LightningDataModule):
         self._train: CropDataset | None = None  # training crops, targets = classes
         self._val: CropDataset | None = None  # the carve's crops with classes (classification monitoring)
 
+    @abstractmethod
     def _check_layout(self) -> None:
-        raise NotImplementedError
+        """Cheap checks of the directory layout; raises DatasetError naming the path."""
 
+    @abstractmethod
     def _load(self) -> None:
-        raise NotImplementedError
+        """Parse the annotations into the training crops and the search-reward carve."""
 
     def check(self) -> None:
         """Checks the directory layout (cheap), then reads the training annotations once to number the classes."""
@@ -153,9 +156,7 @@ class CropRetrievalDataModule(L.LightningDataModule):
         self.setup()
         ds = self._normalised(self._train)
         bs = self.batch_size if batch_size is None else int(batch_size)
-        g = torch.Generator().manual_seed(self.seed)
-        passes = max(math.ceil(n_batches * bs / len(ds)), 1)
-        idx = torch.cat([torch.randperm(len(ds), generator=g) for _ in range(passes)])[:n_batches * bs]
+        idx = calibration_indices(len(ds), n_batches, bs, self.seed)
         return [(x, y) for x, y in DataLoader(ds, batch_size=bs, sampler=idx.tolist(), num_workers=self.num_workers)]
 
     def _check_carve(self, rest: int, carved: int, what: str) -> None:
