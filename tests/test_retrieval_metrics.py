@@ -18,14 +18,16 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _brute_topk(query, gallery, q_labels, g_labels, ks, exclude_self=False):
-    """Per query: sort the gallery by cosine, look for a matching label tuple in the first k."""
+    """Per query: sort the gallery by cosine, wrong items first among equal cosines (ties count against the
+    query), look for a matching label tuple in the first k."""
     hits = {k: 0 for k in ks}
     for i, q in enumerate(query):
+        wanted = tuple(np.atleast_1d(q_labels[i]))
         items = [(_cos(q, g), tuple(np.atleast_1d(g_labels[j]))) for j, g in enumerate(gallery)
                  if not (exclude_self and j == i)]
-        ranked = [label for _, label in sorted(items, key=lambda t: -t[0])]
+        ranked = [label for _, label in sorted(items, key=lambda t: (-t[0], t[1] == wanted))]
         for k in ks:
-            hits[k] += tuple(np.atleast_1d(q_labels[i])) in ranked[:k]
+            hits[k] += wanted in ranked[:k]
     return {k: hits[k] / len(query) for k in ks}
 
 
@@ -35,7 +37,7 @@ def _brute_identification(probe, p_subj, gallery, g_subj, ranks, fpirs):
     mated_ranks, mated_scores, non_mated_best = [], [], []
     for x, subj in zip(probe, p_subj.tolist()):
         per_subject = {s: max(_cos(x, g) for g, gs in zip(gallery, g_subj.tolist()) if gs == s) for s in subjects}
-        order = sorted(subjects, key=lambda s: -per_subject[s])
+        order = sorted(subjects, key=lambda s: (-per_subject[s], s == subj))  # ties count against the probe
         if subj in per_subject:
             mated_ranks.append(order.index(subj) + 1)
             mated_scores.append(per_subject[subj])
@@ -137,6 +139,40 @@ def test_topk_chunking_gives_identical_results(monkeypatch, exclude_self):
         assert topk_retrieval(x, x, y, y, ks, exclude_self=exclude_self, chunk_size=chunk_size) == whole
     monkeypatch.setattr(retrieval, "_BLOCK_ELEMENTS", 3 * len(x))  # automatic chunks of 3 queries
     assert topk_retrieval(x, x, y, y, ks, exclude_self=exclude_self) == whole
+
+
+def _tied_embeddings(rng, n: int, dim: int = 6) -> np.ndarray:
+    """Random positive multiples of ±basis vectors: every cosine is exactly -1, 0 or 1, so ties abound."""
+    rows = np.zeros((n, dim))
+    rows[np.arange(n), rng.integers(0, dim, n)] = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 2.0, n)
+    return rows
+
+
+def test_constant_embeddings_score_no_better_than_chance():
+    labels = torch.arange(5).repeat_interleave(4)  # 5 classes × 4 items: 16 wrong items tie with every correct one
+    x = torch.ones(20, 8)
+    ks = (1, 5, 16, 17)
+    assert topk_retrieval(x, x, labels, labels, ks) == {1: 0.0, 5: 0.0, 16: 0.0, 17: 1.0}
+    assert topk_retrieval(x, x, labels, labels, ks, exclude_self=True) == {1: 0.0, 5: 0.0, 16: 0.0, 17: 1.0}
+    # chance is top-1 = 1/5 on this gallery under a random order of the tied items; constant embeddings must not
+    # beat it (they used to score 100 %)
+    rng = np.random.default_rng(11)
+    z = torch.tensor(rng.normal(size=(1, 8))).expand(20, 8)
+    assert topk_retrieval(z, z, labels, labels, (1,))[1] <= 1 / 5
+
+
+def test_topk_with_ties_matches_pessimistic_brute_force():
+    rng = np.random.default_rng(12)
+    gallery, query = _tied_embeddings(rng, 40), _tied_embeddings(rng, 30)
+    g_labels, q_labels = rng.integers(0, 4, 40), rng.integers(0, 4, 30)
+    ks = (1, 2, 5, 10, 20)
+    result = topk_retrieval(torch.tensor(query), torch.tensor(gallery), torch.tensor(q_labels),
+                            torch.tensor(g_labels), ks)
+    assert result == pytest.approx(_brute_topk(query, gallery, q_labels, g_labels, ks))
+    assert 0 < result[1] < result[20] < 1  # a real spread, not all hits or all misses
+    assert topk_retrieval(torch.tensor(gallery), torch.tensor(gallery), torch.tensor(g_labels),
+                          torch.tensor(g_labels), ks, exclude_self=True, chunk_size=7) == \
+        pytest.approx(_brute_topk(gallery, gallery, g_labels, g_labels, ks, exclude_self=True))
 
 
 def test_topk_query_without_any_correct_item_is_a_miss():
@@ -298,6 +334,27 @@ def test_identification_matches_brute_force_with_several_templates_per_subject()
     assert result == pytest.approx(_brute_identification(probe, p_subj, gallery, g_subj, ranks, fpirs))
     assert identification_1n(*args, chunk_size=7) == result
     assert 0 < result["tpir@fpir=0.02"] < result["tpir@fpir=0.1"] <= result["rank1"] < 1
+
+
+def test_identification_of_constant_embeddings_scores_no_better_than_chance():
+    gallery, g_subj = torch.ones(4, 6), torch.arange(4)
+    probes = torch.ones(20, 6)
+    p_subj = torch.tensor([0, 1, 2, 3] * 3 + [9] * 8)
+    result = identification_1n(probes, p_subj, gallery, g_subj, ranks=(1, 3, 4), fpirs=(0.5,))
+    # every mate ties with 3 other subjects: rank 4, never rank 1, so no TPIR either
+    assert result == {"rank1": 0.0, "rank3": 0.0, "rank4": 1.0, "tpir@fpir=0.5": 0.0}
+
+
+def test_identification_with_ties_matches_pessimistic_brute_force():
+    rng = np.random.default_rng(13)
+    g_subj = np.concatenate([np.arange(6), rng.integers(0, 6, 4)])
+    gallery, probe = _tied_embeddings(rng, len(g_subj)), _tied_embeddings(rng, 60)
+    p_subj = rng.integers(0, 8, 60)  # subjects 6 and 7 are not in the gallery
+    ranks, fpirs = (1, 2, 3, 6), (0.1, 0.5)
+    result = identification_1n(torch.tensor(probe), torch.tensor(p_subj), torch.tensor(gallery),
+                               torch.tensor(g_subj), ranks, fpirs, chunk_size=9)
+    assert result == pytest.approx(_brute_identification(probe, p_subj, gallery, g_subj, ranks, fpirs))
+    assert 0 < result["rank1"] < result["rank6"] == 1.0
 
 
 def test_g1_g2_are_evaluated_separately_then_averaged():

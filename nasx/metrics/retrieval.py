@@ -8,7 +8,9 @@ Conventions:
   A(φq, φg) passes query embeddings from φq and gallery embeddings from φg. The functions never know which model
   made which.
 - Every metric is a fraction in [0, 1], returned as a plain Python float.
-- Similarity ties are resolved in the query's favour: a correct item tied with an incorrect one ranks first.
+- Similarity ties are resolved against the query: an incorrect item tied with the best correct one ranks ahead of
+  it, so the rank of the first correct match is 1 + the number of incorrect items scoring at least as high.
+  Otherwise a collapsed model (constant embeddings) would score 100 %.
 - Bad inputs raise ``ValueError`` with a one-line message.
 """
 from __future__ import annotations
@@ -86,9 +88,10 @@ def topk_retrieval(query: Tensor, gallery: Tensor, query_labels: Tensor, gallery
 
     query (Nq, D) and gallery (Ng, D) are embeddings; labels are int tensors (Nq,)/(Ng,) — correct = same label —
     or (Nq, C)/(Ng, C) — correct = the whole row equal, e.g. DeepFashion2's (pair_id, style). A query with no correct
-    item in the gallery counts as a miss. ``exclude_self``: the query set is the gallery set (query i is gallery
-    item i), and each query's own item is left out of its ranking. Queries are processed ``chunk_size`` at a time
-    (default: enough to hold ~2**24 similarities), so memory is O(chunk·Ng), never O(Nq·Ng).
+    item in the gallery counts as a miss; incorrect items tied with the best correct one rank ahead of it.
+    ``exclude_self``: the query set is the gallery set (query i is gallery item i), and each query's own item is left
+    out of its ranking. Queries are processed ``chunk_size`` at a time (default: enough to hold ~2**24
+    similarities), so memory is O(chunk·Ng), never O(Nq·Ng).
     Returns {k: fraction in [0, 1]}.
     """
     _check_embeddings(query, gallery, "query", "gallery")
@@ -109,7 +112,7 @@ def topk_retrieval(query: Tensor, gallery: Tensor, query_labels: Tensor, gallery
             sim[rows, rows + s.start] = -math.inf
             correct[rows, rows + s.start] = False
         best_correct = sim.masked_fill(~correct, -math.inf).amax(1)
-        rank = ((sim > best_correct[:, None]).sum(1) + 1).double()
+        rank = (((sim >= best_correct[:, None]) & ~correct).sum(1) + 1).double()  # ties count against the query
         ranks[s] = rank.masked_fill(~correct.any(1), math.inf)
     return {int(k): (ranks <= k).double().mean().item() for k in ks}
 
@@ -198,7 +201,8 @@ def identification_1n(probe_feats: Tensor, probe_subjects: Tensor, gallery_feats
     subject ids. A probe is *mated* when its subject is in the gallery, *non-mated* otherwise. A probe's score for a
     subject is its best score over that subject's gallery templates (IJB-C has one per subject).
 
-    - ``rank{k}``: share of mated probes whose mate is among the k highest-scoring subjects.
+    - ``rank{k}``: share of mated probes whose mate is among the k highest-scoring subjects (rank = 1 + the number of
+      other subjects scoring at least as high as the mate).
     - ``tpir@fpir={fpir:g}``: threshold = the ⌈N_nonmated·FPIR⌉-th highest of the non-mated probes' best scores;
       share of mated probes whose mate ranks first with a score strictly above the threshold.
 
@@ -224,7 +228,9 @@ def identification_1n(probe_feats: Tensor, probe_subjects: Tensor, gallery_feats
         per_subject.scatter_reduce_(1, subject_of.expand_as(sim), sim, "amax")
         best[s] = per_subject.amax(1)
         mate_score[s] = per_subject.gather(1, mate[s, None]).squeeze(1)
-        mate_rank[s] = (per_subject > mate_score[s, None]).sum(1) + 1
+        # ties count against the probe: every other subject scoring at least the mate's score ranks ahead of it
+        others = per_subject.scatter(1, mate[s, None], -math.inf)
+        mate_rank[s] = (others >= mate_score[s, None]).sum(1) + 1
     rank, score = mate_rank[mated], mate_score[mated]
     out = {f"rank{k}": (rank <= k).double().mean().item() for k in ranks}
     non_mated_best = best[~mated].sort(descending=True).values
