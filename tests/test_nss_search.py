@@ -71,6 +71,57 @@ def test_gradients_reach_theta_through_the_masks(space):
     assert all(s.theta.grad[i].abs().sum() > 0 for i in range(3))  # every stage's logits
 
 
+def _path_candidates(space, width: int, depth: int):
+    """Candidate masks in which every candidate space of every stage is the same (width, depth) path."""
+    widths = torch.zeros(3, space.n_spaces, space.max_width)
+    depths = torch.zeros(3, space.n_spaces, space.max_depth)
+    widths[..., :width] = 1.0
+    depths[..., depth - 1] = 1.0
+    return widths, depths
+
+
+def test_theta_step_leaves_no_extents_for_the_next_weight_step(space):
+    """Weights outside the next weight step's own path get no momentum and no weight decay from the Θ step's
+    forward on the previous (wider, deeper) path."""
+    s = _system(space, warmup_epochs=0, weight_decay=0.1, momentum=0.9, lr=0.1)
+    s._trainer.current_epoch = 0
+    [opt_w, opt_t], _ = s.configure_optimizers()
+    s.optimizers = lambda: (opt_w, opt_t)
+    s.lr_schedulers = lambda: None
+    s.manual_backward = lambda loss: loss.backward()
+    s.log_dict = lambda *a, **k: None
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randn(8, 1, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    s._val_batches = iter([(torch.randn(8, 1, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen))] * 2)
+    narrow = 8  # == stem_channels: every max_width dimension at index >= 8 is off the narrow path
+    paths = {0: _path_candidates(space, space.max_width, space.max_depth), 1: _path_candidates(space, narrow, 1)}
+    s.candidate_masks = lambda step: paths[step]
+    s.training_step(batch, 0)  # weights and Θ on the full path: momentum everywhere, extents of the Θ forward
+    before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+    bufs = {n: opt_w.state[p]["momentum_buffer"].clone() for n, p in s.model.named_parameters()}
+    assert all(float(b.abs().sum()) > 0 for n, b in bufs.items() if n.startswith("stages.0.0.conv"))
+    s.training_step(batch, 1)  # weights and Θ on width 8, depth 1 in every stage
+
+    def outside(t: torch.Tensor) -> torch.Tensor:
+        """Entries with an index >= ``narrow`` along a leading max-width dimension."""
+        mask = torch.zeros(t.shape, dtype=torch.bool)
+        for dim in range(min(2, t.ndim)):
+            if t.shape[dim] == space.max_width:
+                mask |= (torch.arange(t.shape[dim]) >= narrow).view([-1 if d == dim else 1 for d in range(t.ndim)])
+        return mask
+
+    checked = 0
+    for n, p in s.model.named_parameters():
+        off = outside(p) if not n.startswith("stages.") or n.split(".")[2] == "0" else torch.ones_like(p, dtype=bool)
+        if off.any():
+            checked += 1
+            assert torch.equal(p.detach()[off], before[n][off]), f"{n} moved off the path"
+            assert torch.equal(opt_w.state[p]["momentum_buffer"][off], bufs[n][off]), f"{n}'s momentum moved"
+    assert checked >= 3 * 4 * 3  # every stage's blocks and the classifier were checked
+    on = s.model.stages[1][0].conv1.weight.detach()[:narrow, :narrow]
+    assert not torch.equal(on, before["stages.1.0.conv1.weight"][:narrow, :narrow])  # the path itself trained
+
+
 def test_flops_penalty_is_zero_under_target_and_pushes_expected_cost_down_above_it(space):
     big = _system(space, target=space.min_cost().mflops * 1.0001, penalty=1.0)
     small = _system(space, target=1e6, penalty=1.0)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from nasx.arch import step_rng
 from nasx.errors import ConfigError
+from nasx.ops import clear_extents
 from nasx.training.base import stop_on_nonfinite
 from nasx.training.optim import SlicedSGD, param_groups
 
@@ -173,6 +174,10 @@ class NSSSearch(L.LightningModule):
             opt_t.zero_grad(set_to_none=True)
             self.manual_backward(theta_loss)
             opt_t.step()
+            # the Θ forward recorded the extents of this step's path on the weights; SlicedSGD clears extents only
+            # in its own step, so without this the next weight step would widen its boxes to them and give
+            # channels off its path momentum and weight decay
+            clear_extents(self.model.parameters())
             self.log_dict({"train/loss": loss, "nss/val_ce": ce, "nss/penalty": penalty, "nss/tau": tau,
                            "nss/expected_mflops": self.expected_mflops().detach()}, prog_bar=True)
         sch = self.lr_schedulers()
