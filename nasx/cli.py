@@ -12,6 +12,10 @@ from pathlib import Path
 
 import yaml
 
+# The configs ship as the package nasx.conf (pyproject.toml maps the top-level conf/ to it, for regular and editable
+# installs); a checkout that is imported without that install (PYTHONPATH, an editable install from before the mapping)
+# falls back to the repo's conf/ directory.
+CONF_PKG = "nasx.conf"
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -48,8 +52,11 @@ def short_dirname(name: str) -> str:
 
 
 def main() -> None:
-    if not CONF_DIR.is_dir():
-        sys.exit(f"nasx: error: config directory {CONF_DIR} not found (install nasx from a clone: pip install -e .)")
+    from importlib.util import find_spec
+
+    config_path = f"pkg://{CONF_PKG}" if find_spec(CONF_PKG) else str(CONF_DIR) if CONF_DIR.is_dir() else None
+    if config_path is None:
+        sys.exit(f"nasx: error: configs not found: no package {CONF_PKG} and no directory {CONF_DIR} (reinstall nasx)")
     sys.argv = [sys.argv[0]] + resume_argv(sys.argv[1:])
     os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -59,7 +66,7 @@ def main() -> None:
     if not OmegaConf.has_resolver("nasx_dirname"):
         OmegaConf.register_new_resolver("nasx_dirname", short_dirname)
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         from nasx.errors import NasxError
         from nasx.pipeline import run
