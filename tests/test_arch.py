@@ -1,11 +1,12 @@
 """Architectures are values: hashable, printable, JSON round-trip, and rejected with the gene named when malformed."""
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 
-from nasx.arch import Arch, Budget, step_rng
+from nasx.arch import AdditiveSearchSpace, Arch, Budget, Cost, step_rng
 from nasx.errors import ArchError, InfeasibleBudgetError
 
 
@@ -66,3 +67,106 @@ def test_min_cost_is_the_cost_of_the_cheapest_arch(tiny_space):
     repaired = tiny_space.repair(tiny_space.sample(random.Random(0)),
                                  Budget(mflops=tiny_space.min_cost().mflops), random.Random(0))
     assert tiny_space.cost(repaired).mflops == pytest.approx(tiny_space.min_cost().mflops)
+
+
+class TableSpace(AdditiveSearchSpace):
+    """A space given by its cost tables: ``units`` lists, per unit, its gene names and {choice tuple: (MFLOPs,
+    params)}."""
+
+    def __init__(self, units: list[tuple[tuple[str, ...], dict]], fixed: Cost = Cost(0.0, 0), name: str = "table"):
+        self.name = name
+        self.genes = {}
+        for names, table in units:
+            for k, g in enumerate(names):
+                self.genes[g] = 1 + max(c[k] for c in table)
+        self._set_cost_tables(fixed, units)
+
+
+def _tradeoff_space() -> TableSpace:
+    # per unit: 0 is dear on FLOPs, 1 the FLOPs-cheapest with the most params, 2 cheap on params
+    table = {(0,): (5.0, 3_000_000), (1,): (1.0, 5_000_000), (2,): (2.0, 1_000_000)}
+    return TableSpace([((f"u{i}",), table) for i in range(3)], name="tradeoff")
+
+
+def _brute_force_fits(space, budget: Budget) -> list[Arch]:
+    return [a for a in (space.arch(c) for c in itertools.product(*(range(k) for k in space.genes.values())))
+            if budget.admits(space.cost(a))]
+
+
+def test_combined_budget_repair_uses_params_cheap_choices_when_flops_cheap_ones_break_the_params_bound():
+    space = _tradeoff_space()
+    budget = Budget(mflops=7.0, params=4.0)
+    # the FLOPs-cheapest arch has 15 M params; the params-cheapest one (6 MFLOPs, 3 M params) fits both
+    assert not budget.admits(space.cost(space.arch([1, 1, 1])))
+    assert _brute_force_fits(space, budget)
+    for seed in range(10):
+        repaired = space.repair(space.arch([0, 0, 0]), budget, random.Random(seed))
+        assert budget.admits(space.cost(repaired)), (seed, repaired, space.cost(repaired))
+
+
+def test_combined_budget_that_no_arch_meets_is_infeasible_though_each_bound_alone_is_met():
+    space = _tradeoff_space()
+    budget = Budget(mflops=4.0, params=4.0)
+    lo = space.min_cost()
+    assert lo.mflops <= budget.mflops and lo.params <= budget.params * 1e6  # each bound alone is feasible
+    assert not _brute_force_fits(space, budget)
+    with pytest.raises(InfeasibleBudgetError, match="no architecture of space 'tradeoff' fits 4 MFLOPs and 4 M"):
+        space.repair(space.arch([0, 0, 0]), budget, random.Random(0))
+
+
+def _random_space(rng: random.Random) -> TableSpace:
+    units, g = [], 0
+    for _ in range(rng.randint(1, 4)):
+        shape = [rng.randint(1, 4)] + ([rng.randint(2, 3)] if rng.random() < 0.3 else [])
+        names = tuple(f"g{g + k}" for k in range(len(shape)))
+        g += len(shape)
+        anti = rng.random() < 0.5  # FLOPs and params anti-correlated: cheap on one metric, dear on the other
+        table = {}
+        for c in itertools.product(*(range(k) for k in shape)):
+            m = rng.uniform(0.0, 10.0)
+            p = (10.0 - m if anti else m) * 1e5 + rng.randint(0, 200_000)
+            table[c] = (round(m, rng.choice([1, 6])), int(p))
+        units.append((names, table))
+    return TableSpace(units, Cost(rng.uniform(0, 2), rng.randint(0, 100_000)), name="fuzz")
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_repair_finds_an_arch_whenever_brute_force_says_one_fits(seed):
+    _check_repair_against_brute_force(random.Random(seed))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_search_alone_agrees_with_brute_force(monkeypatch, seed):
+    """Without the cheap candidates every combined budget goes through the exact search (and its pruning)."""
+    monkeypatch.setattr(AdditiveSearchSpace, "_weighted_fit", lambda self, budget: None)
+    monkeypatch.setattr(AdditiveSearchSpace, "_exchange_fit", lambda self, budget, first: None)
+    _check_repair_against_brute_force(random.Random(100 + seed))
+
+
+def _check_repair_against_brute_force(rng: random.Random) -> None:
+    checked = infeasible = 0
+    for _ in range(60):
+        space = _random_space(rng)
+        everything = _brute_force_fits(space, Budget())
+        costs = [space.cost(a) for a in everything]
+        # bounds drawn between the cheapest and the dearest arch on each metric, sometimes exactly at a cost
+        m = rng.choice([rng.uniform(min(c.mflops for c in costs), max(c.mflops for c in costs)),
+                        rng.choice(costs).mflops, None])
+        p = rng.choice([rng.uniform(min(c.params for c in costs), max(c.params for c in costs)) / 1e6,
+                        rng.choice(costs).params / 1e6])
+        budget = Budget(mflops=m, params=p)
+        fits = _brute_force_fits(space, budget)
+        for _ in range(3):
+            start = rng.choice(everything)
+            try:
+                repaired = space.repair(start, budget, rng)
+            except InfeasibleBudgetError:
+                assert not fits, f"{budget} declared infeasible, but {fits[0]} costs {space.cost(fits[0])}"
+                infeasible += 1
+                continue
+            assert fits and space.validate(repaired) == repaired and budget.admits(space.cost(repaired)), \
+                (budget, repaired)
+            if budget.admits(space.cost(start)):
+                assert repaired == start  # an arch that fits is left alone
+            checked += 1
+    assert checked > 60 and infeasible > 0  # both outcomes were exercised
