@@ -55,6 +55,7 @@ install-check:
 
 bench: venv
 	$(BIN)/python benchmarks/supernet_overhead.py
+	$(BIN)/python benchmarks/search_overhead.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from nasx.arch import step_rng
-from nasx.evaluator import bn_recalibrate, classification_metrics
+from nasx.evaluation import bn_recalibrate, classification_metrics
 from nasx.spaces.shufflenet import ShuffleNetSpace
 from nasx.training.optim import SlicedSGD, param_groups
 

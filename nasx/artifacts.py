@@ -1,8 +1,8 @@
 """Atomic artifact writes: a killed run never leaves a half-written file.
 
 Whole files are written to a temporary file in the same directory, flushed to disk, then renamed over the target
-(``os.replace`` is atomic on POSIX). ``history.jsonl`` is append-only: one flushed, fsynced line per record; a
-reader drops a torn last line.
+(``os.replace`` is atomic on POSIX). ``history.jsonl`` is append-only: one flushed line per record (a killed process
+loses nothing written), fsynced once per search round; a reader drops a torn last line.
 """
 from __future__ import annotations
 
@@ -71,11 +71,23 @@ def save_figure(fig, path: Path) -> None:
     _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format=Path(path).suffix[1:]))
 
 
-def append_jsonl(path: Path, record: dict) -> None:
+def append_jsonl(path: Path, record: dict, sync: bool = True) -> None:
+    """Append one record as a line, flushed (a killed process loses nothing written); ``sync`` also forces it to
+    disk (against power loss), which a caller appending many records does once with :func:`fsync`."""
     with open(path, "a") as f:
         f.write(json.dumps(_finite(record)) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
+
+
+def fsync(path: Path) -> None:
+    """Force a file's written data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""``nasx`` console script (also ``python -m nasx``): Hydra composes the config, :func:`nasx.pipeline.run` runs it.
+"""``nasx`` console script (also ``python -m nasx``): Hydra composes the config, :func:`nasx.runner.run` runs it, and the method's
+results table is printed.
 
 ``nasx resume=<run dir> [overrides]`` continues a killed run in its own directory with its own overrides (read from
 ``<run dir>/.hydra/overrides.yaml``); overrides given now win, e.g. ``nasx resume=<dir> stages=[search]``.
@@ -69,7 +70,7 @@ def main() -> None:
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         from nasx.errors import NasxError
-        from nasx.pipeline import run
+        from nasx.runner import results_table, run
 
         _quiet_libraries()  # after the imports: importing Lightning sets its own log level
         try:
@@ -78,7 +79,7 @@ def main() -> None:
             print(f"nasx: error: {e}", file=sys.stderr)
             sys.exit(2)
         if results:
-            _print_results(results)
+            print_table(results_table(cfg, results))
 
     _main()
 
@@ -96,68 +97,20 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
 
-def _print_results(r: dict) -> None:
+def print_table(table) -> None:
+    """A method's :class:`~nasx.methods.base.ResultsTable` on the console."""
     from rich.console import Console
     from rich.table import Table
 
-    if r.get("method") == "nss":
-        t = Table(title=f"nasx · {r['experiment']} · NSS protocol (within {100 * r['tolerance']:g} % of target)")
-        console = Console()
-        console.print("[bold]elite spaces[/bold] (depth range × width range, per stage):")
-        for row in r["rows"]:
-            spaces = " | ".join(f"d {b[0]}-{b[1]} × w {b[2]}-{b[3]}" for b in row["elite_bounds"])
-            console.print(f"  {row['target_mflops']:g} MFLOPs: {spaces}")
-        for col in ("target MFLOPs", "elite |Δ| %", "elite samples", "elite error %", "expanded |Δ| %",
-                    "expanded samples", "expanded error %"):
-            t.add_column(col, justify="right")
-        fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
-        for row in r["rows"]:
-            e, x = row["elite"], row["expanded"]
-            t.add_row(f"{row['target_mflops']:g}", f"{e['delta_pct']:.1f}", f"{e['samples']:.1f}",
-                      fmt(e["test_error_pct"]), f"{x['delta_pct']:.1f}", f"{x['samples']:.1f}", fmt(x["test_error_pct"]))
-        a = r["average"]
-        t.add_row("average", f"{a['elite']['delta_pct']:.1f}", f"{a['elite']['samples']:.1f}",
-                  fmt(a["elite"]["test_error_pct"]), f"{a['expanded']['delta_pct']:.1f}",
-                  f"{a['expanded']['samples']:.1f}", fmt(a["expanded"]["test_error_pct"]))
-        console.print(t)
-        return
-
-    if r.get("method") == "cmp_nas":
-        t = Table(title=f"nasx · {r['experiment']} · CMP-NAS: {r['mflops']:.3f} MFLOPs, reward {r['reward']}")
-        from nasx.cmp_nas import table
-
-        header, rows = table(r)  # one row per test metric, one column per model and side (hom / het), in %
-        for i, col in enumerate(header):
-            t.add_column(col, justify="right" if i else "left")
-        for row in rows:
-            t.add_row(*row)
-        Console().print(t)
-        return
-
-    if r.get("method") == "mixpath":
-        hv = r["hypervolume"]
-        t = Table(title=f"nasx · {r['experiment']} · MixPath: {r['evaluations']} archs per search, hypervolume "
-                        f"NSGA-II {hv['nsga2']:.4f} vs random {hv['random']:.4f}")
-        for col in ("k", "MFLOPs", "params", "supernet val top-1", "retrained test top-1"):
-            t.add_column(col, justify="right")
-        for m in r["models"]:
-            t.add_row(str(m["k"]), f"{m['mflops']:.3f}", f"{m['params']:,}", f"{100 * m['supernet_val_top1']:.2f} %",
-                      f"{100 * m['test_top1']:.2f} %")
-        Console().print(t)
-        return
-
-    t = Table(title=f"nasx · {r['experiment']}")
-    t.add_column("metric")
-    t.add_column("value", justify="right", overflow="fold")
-    t.add_row("arch", r["arch_str"])
-    t.add_row("MFLOPs", f"{r['mflops']:.3f}")
-    t.add_row("params", f"{r['params']:,}")
-    if r.get("search_reward") is not None:
-        t.add_row("search reward (supernet, val)", f"{r['search_reward']:.4f}")
-    if "supernet_test_top1" in r:
-        t.add_row("test top-1, inherited weights", f"{100 * r['supernet_test_top1']:.2f} %")
-    t.add_row("test top-1, retrained", f"{100 * r['retrain']['test_top1']:.2f} %")
-    Console().print(t)
+    console = Console()
+    for line in table.notes:
+        console.print(line)
+    t = Table(title=table.title)
+    for i, col in enumerate(table.columns):
+        t.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
+    for row in table.rows:
+        t.add_row(*row)
+    console.print(t)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,17 @@ class WeightedSum:
         return float(sum(w * metrics[m] for m, w in self.weights.items()))
 
     multi = False
+    n_objectives = 1
 
     def scalar(self, metrics: Mapping[str, float]) -> float:
         return self(metrics)
+
+    def vector(self, metrics: Mapping[str, float]) -> tuple[float]:
+        """The reward as a length-1 objective vector in minimisation form."""
+        return (-self(metrics),)
+
+    def feasible(self, metrics: Mapping[str, float]) -> bool:
+        return True
 
     def __repr__(self) -> str:
         return " + ".join(f"{w:g}·{m}" for m, w in self.weights.items())
@@ -93,6 +101,13 @@ class Objectives:
 
     def scalar(self, metrics: Mapping[str, float]) -> float:
         return float(metrics[self.objectives[0]["metric"]])
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.objectives)
+
+    def vector(self, metrics: Mapping[str, float]) -> tuple[float, ...]:
+        return self(metrics)
 
     def feasible(self, metrics: Mapping[str, float]) -> bool:
         """Every floor / ceiling met."""

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from nasx.arch import AdditiveSearchSpace, Arch, Budget, Cost, step_rng
+from nasx.arch import Arch, Budget, Cost, step_rng
+from nasx.spaces.additive import AdditiveSearchSpace
 from nasx.errors import ArchError, InfeasibleBudgetError
 
 

@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import compose
 
-from nasx.cmp_nas import RetrievalEvaluator, embed, retrieval_metrics
 from nasx.data.digits import DigitsDataModule
 from nasx.errors import ConfigError
+from nasx.evaluation.compatibility import KS, CompatibilityEvaluator, RetrievalReward, retrieval_metrics
+from nasx.evaluation.embedding import embed
+from nasx.losses import BCT, CrossEntropy, Loss
 from nasx.models.resnet import ResNetEmbedding
 from nasx.training.base import fit_quiet
 from nasx.training.standalone import StandaloneTraining
@@ -33,7 +35,8 @@ def trained(tiny_space):
     for name, w in (("bct", 1.0), ("scratch", 0.0)):
         torch.manual_seed(1)
         q = tiny_space.supernet().extract(arch)
-        fit_quiet(StandaloneTraining(q, bct_weight=w, bct_head=gallery.classifier if w else None, **OPT), data, 8)
+        loss = Loss({"ce": CrossEntropy(), "bct": BCT(weight=w)}, reference=gallery if w else None)
+        fit_quiet(StandaloneTraining(q, loss=loss, **OPT), data, 8)
         queries[name] = q.eval()
     return data, gallery, queries
 
@@ -65,19 +68,19 @@ def test_retrieval_evaluator_embeds_the_gallery_with_phi_g_once_and_caches_candi
     calls = {"n": 0}
     original = gallery.forward_features
     gallery.forward_features = lambda x: (calls.__setitem__("n", calls["n"] + 1), original(x))[1]
-    ev = RetrievalEvaluator(tiny_space.supernet(), data.calibration_batches(1, 32), data.split("val"),
-                            data.split("train"), gallery, reward_k=5)
+    reward = RetrievalReward(*data.split("val"), *data.split("train"), KS, 5)
+    ev = CompatibilityEvaluator(tiny_space.supernet(), data.calibration_batches(1, 32), reward, gallery)
     n_gallery_calls = calls["n"]
     rng = __import__("random").Random(0)
     a, b = tiny_space.sample(rng), tiny_space.sample(rng)
-    ma = ev(a)
-    ev(b), ev(a)
+    ma = ev.evaluate(a)
+    ev.evaluate_many([b, a])
     assert calls["n"] == n_gallery_calls  # φg never runs again during the search
-    assert ev.cache[a] is ma and set(RetrievalEvaluator.metrics) <= set(ma) and ma["hom"] == ma["hom_top5"]
+    assert ev.cache[a] is ma and set(ev.metrics) == set(ma) and ma["hom"] == ma["hom_top5"]
 
 
 def test_embedding_size_mismatch_is_a_one_line_config_error(tmp_path):
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     cfg = compose(["experiment=cmp_nas_digits", "gallery.model.embedding_dim=64"], tmp_path)
     with pytest.raises(ConfigError, match=r"gallery.model.embedding_dim \(64\) must equal .* space.last_channels"):
@@ -85,14 +88,44 @@ def test_embedding_size_mismatch_is_a_one_line_config_error(tmp_path):
     assert not (tmp_path / "config.yaml").exists()
 
 
-def test_bct_weight_without_a_gallery_classifier_is_a_config_error():
-    with pytest.raises(ConfigError, match="needs the gallery model's classifier"):
-        StandaloneTraining(torch.nn.Linear(2, 2), bct_weight=1.0)
+def test_a_bct_term_without_a_reference_model_is_a_config_error(tmp_path):
+    from nasx.runner import run
+
+    with pytest.raises(ConfigError, match="needs a reference model"):
+        Loss({"ce": CrossEntropy(), "bct": BCT(weight=1.0)})
+    cfg = compose(["experiment=quickstart", "+train.loss.bct={_target_: nasx.losses.BCT, weight: 1.0}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"train.loss.bct needs a reference model, which method spos does not"):
+        run(cfg)
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_bct_runs_on_any_space_of_the_supernet_protocol(tmp_path):
+    """BCT needs only forward_features and classifier: a MixPath supernet trains against a gallery classifier."""
+    import random
+
+    from nasx.spaces.mixpath_ib import MixPathIBSpace
+    from nasx.training.supernet import SupernetTraining
+
+    space = MixPathIBSpace(name="mp", widths=[8, 16], strides=[1, 2], max_paths=2, stem_channels=8,
+                           last_channels=32, input_size=16, in_channels=1, num_classes=10)
+    gallery = ResNetEmbedding(blocks=(1,), width=8, embedding_dim=32, num_classes=10, in_channels=1, stem_stride=1,
+                              stem_pool=False).eval()
+    supernet = space.supernet()
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    arch = space.train_sample(random.Random(0))
+    system = SupernetTraining(supernet, space, loss=Loss({"ce": CrossEntropy(), "bct": BCT()}, reference=gallery))
+    loss, logits = system.objective(x, y, arch)
+    ce = torch.nn.functional.cross_entropy(supernet(x, arch), y)
+    bct = torch.nn.functional.cross_entropy(gallery.classifier(supernet.forward_features(x, arch)), y)
+    torch.testing.assert_close(logits, supernet(x, arch))
+    torch.testing.assert_close(loss, ce + bct)
+    loss.backward()
+    assert gallery.classifier.weight.grad is None and supernet.classifier[1].weight.grad is not None
 
 
 @pytest.mark.slow
 def test_cmp_nas_digits_runs_every_stage_and_reports_hom_het_and_paragon(tmp_path):
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     tiny = ["space.stage_repeats=[1,1,1,1]", "space.input_size=16", "train.epochs=2", "train.warmup_epochs=1",
             "gallery.epochs=1", "retrain.epochs=1", "search.strategy.generations=2", "search.strategy.population=4",
@@ -105,3 +138,21 @@ def test_cmp_nas_digits_runs_every_stage_and_reports_hom_het_and_paragon(tmp_pat
     assert results["search_reward"] == pytest.approx(0.5 * (results["search_metrics"]["hom"] +
                                                             results["search_metrics"]["het"]))
     assert (tmp_path / "gallery" / "model.pt").exists() and "paragon" in (tmp_path / "report.md").read_text()
+
+
+def test_the_gallery_model_is_a_function_of_the_seed_not_of_the_process(tmp_path):
+    """The reference model is seeded before it is built: its weights do not depend on what the process did before
+    (until this fix its initial weights came from the process's unseeded RNG, so no CMP-NAS run reproduced)."""
+    from nasx.methods.cmp_nas import CMPNAS
+    from nasx.runner import Run
+
+    def gallery(seed: int, noise: int):
+        torch.manual_seed(noise)  # whatever ran before in this process
+        cfg = compose(["experiment=cmp_nas_digits", "space.stage_repeats=[1,1,1,1]", "space.input_size=16",
+                       "gallery.epochs=0", f"seed={seed}", "progress=false"], tmp_path / f"{seed}_{noise}")
+        method = CMPNAS()
+        return method.reference(Run(cfg, method)).state_dict()
+
+    a, b, c = gallery(0, 1), gallery(0, 2), gallery(1, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

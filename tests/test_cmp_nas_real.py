@@ -13,8 +13,10 @@ from conftest import compose
 from PIL import Image
 from test_retrieval_data import IMDB_HEADER, _item, _jpeg, _write
 
-import nasx.cmp_eval as cmp_eval
-from nasx.cmp_eval import CompatibilityEvaluator, RetrievalReward, VerificationReward, embed, verification_pairs
+import nasx.evaluation.pairs as pairs_module
+from nasx.evaluation.compatibility import CompatibilityEvaluator, RetrievalReward, VerificationReward
+from nasx.evaluation.embedding import embed
+from nasx.evaluation.pairs import verification_pairs
 from nasx.data.retrieval import FaceDataModule, FashionDataModule, NormalisedCrops
 from nasx.errors import DatasetError
 from nasx.metrics.retrieval import pair_scores, tar_at_far, topk_retrieval
@@ -128,7 +130,7 @@ def test_verification_pairs_caps_are_deterministic_and_impostors_use_only_genuin
 
 
 def test_verification_pairs_sample_distinct_impostors_when_too_many_to_enumerate(monkeypatch):
-    monkeypatch.setattr(cmp_eval, "ENUMERATE_PAIRS", 0)
+    monkeypatch.setattr(pairs_module, "ENUMERATE_PAIRS", 0)
     labels = torch.arange(60) // 4
     pairs, genuine = verification_pairs(labels, 10**6, 300, seed=0)
     imp = pairs[genuine == 0]
@@ -197,7 +199,7 @@ def test_compatibility_evaluator_het_scores_phi_q_queries_against_phi_g_embedded
     pairs, genuine = verification_pairs(torch.arange(30) // 3, 10**6, 10**6, seed=0)
     phi_q, phi_g = _Embedder(0), _Embedder(1)
     ev = CompatibilityEvaluator(_StubSupernet(phi_q), [], VerificationReward(images, pairs, genuine, 0.05), phi_g)
-    m = ev("arch")
+    m = ev.evaluate("arch")
     q, gal = embed(phi_q, images), embed(phi_g, images)
     tar = lambda a, b: tar_at_far(pair_scores(a[pairs[:, 0]], b[pairs[:, 1]]), genuine, (0.05,))[0.05]  # noqa: E731
     assert m["hom"] == tar(q, q) and m["het"] == tar(q, gal) and m["far"] == 0.05
@@ -273,7 +275,7 @@ TINY = ["space.stage_repeats=[1,1,1,1]", "space.input_size=32", "gallery.model.b
 
 
 def _run(experiment: str, data_dir: Path, tmp_path: Path) -> dict:
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     return run(compose([f"experiment={experiment}", f"paths.data_dir={data_dir}", *TINY], tmp_path))
@@ -293,9 +295,10 @@ def test_cmp_nas_face_runs_every_stage_and_reports_ijbc_verification_and_identif
     assert 1e-3 < s["far"] < 1 and r["search_reward"] == pytest.approx(0.5 * (s["hom"] + s["het"]))
     report = (tmp_path / "report.md").read_text()
     assert "TAR@FAR=1e-2" in report and "TPIR@FPIR=1e-1" in report and "paragon" in report
-    from nasx.cli import _print_results
+    from nasx.cli import print_table
+    from nasx.methods.cmp_nas import CMPNAS
 
-    _print_results(r)
+    print_table(CMPNAS().table(r))
     assert "rank-5" in capsys.readouterr().out
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasx.evaluator import Evaluator, bn_recalibrate, classification_metrics
+from nasx.evaluation import ClassificationEvaluator, bn_recalibrate, classification_metrics
 from nasx.rewards import WeightedSum
 from nasx.errors import ConfigError
 
@@ -47,14 +47,32 @@ def test_evaluator_caches_per_arch_and_uses_the_same_batches(tiny_space):
     supernet = tiny_space.supernet()
     cal = [(torch.randn(16, 1, 16, 16), torch.randint(0, 10, (16,))) for _ in range(2)]
     val = [(torch.randn(32, 1, 16, 16), torch.randint(0, 10, (32,)))]
-    ev = Evaluator(supernet, cal, val)
+    ev = ClassificationEvaluator(supernet, cal, val)
+    calls = []
+    score = ev.score
+    ev.score = lambda arch, model: calls.append(arch) or score(arch, model)
     a, b = tiny_space.sample(random.Random(0)), tiny_space.sample(random.Random(1))
-    ma = ev(a)
-    assert ev(a) is ma and ev.evaluations == 1
-    ev(b)
-    assert ev.evaluations == 2
-    assert Evaluator(supernet, cal, val)(a) == ma  # deterministic
-    assert set(ma) == set(Evaluator.metrics) and 0 <= ma["top1"] <= ma["top5"] <= 1
+    ma = ev.evaluate(a)
+    assert ev.evaluate(a) is ma and calls == [a]
+    assert ev.evaluate_many([b, a]) == [ev.evaluate(b), ma] and calls == [a, b]
+    assert ClassificationEvaluator(supernet, cal, val).evaluate(a) == ma  # deterministic
+    assert set(ma) == set(ClassificationEvaluator.metrics) and 0 <= ma["top1"] <= ma["top5"] <= 1
+
+
+def test_evaluator_keeps_per_sample_predictions_that_match_its_top1(tiny_space):
+    """REG-NAS's negative flip rate compares two models sample by sample: the predictions behind a score."""
+    torch.manual_seed(0)
+    supernet = tiny_space.supernet()
+    cal = [(torch.randn(16, 1, 16, 16), torch.randint(0, 10, (16,)))]
+    val = [(torch.randn(32, 1, 16, 16), torch.randint(0, 10, (32,))) for _ in range(2)]
+    ev = ClassificationEvaluator(supernet, cal, val)
+    arch = tiny_space.sample(random.Random(3))
+    pred = ev.predictions(arch)
+    assert pred.shape == (64,)
+    with torch.no_grad():
+        direct = torch.cat([ev.model(arch)(x).argmax(1) for x, _ in val])
+    assert torch.equal(pred, direct)
+    assert (pred == ev.labels()).float().mean().item() == pytest.approx(ev.evaluate(arch)["top1"])
 
 
 def test_classification_metrics_count_top1_and_top5():

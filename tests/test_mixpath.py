@@ -9,24 +9,29 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nasx.arch import Arch
-from nasx.errors import ArchError
+from nasx.errors import ArchError, ConfigError
 from nasx.ops.multipath import ShadowBN, path_subsets
 from nasx.spaces.mixpath import MixPathSpace
+from nasx.spaces.mixpath_cell import MixPathCellSpace
+from nasx.spaces.mixpath_ib import MixPathIBSpace
+from nasx.spaces.mixpath_mixconv import MixPathMixConvSpace
 from nasx.training.optim import SlicedSGD, param_groups
 
-CPU = {
-    "s1": dict(family="ib", widths=[8, 12, 12, 16, 16, 16, 24, 24, 24, 32, 32, 40],
-               strides=[1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1], stem_channels=8, last_channels=64, max_paths=4),
-    "s2": dict(family="ib", widths=[8, 12, 16, 16], strides=[2, 1, 2, 1], expansions=[6], max_paths=2,
-               stem_channels=8, last_channels=32, stem_stride=2),
-    "s3": dict(family="mixconv", widths=[8, 12, 16, 16], strides=[2, 1, 2, 1], expansions=[6], stem_channels=8,
-               last_channels=32, stem_stride=2),
-    "s4": dict(family="cell", widths=[8, 16, 32], stem_channels=8),
+CPU = {  # family, geometry
+    "s1": (MixPathIBSpace, dict(widths=[8, 12, 12, 16, 16, 16, 24, 24, 24, 32, 32, 40],
+                                strides=[1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1], stem_channels=8, last_channels=64,
+                                max_paths=4)),
+    "s2": (MixPathIBSpace, dict(widths=[8, 12, 16, 16], strides=[2, 1, 2, 1], expansions=[6], max_paths=2,
+                                stem_channels=8, last_channels=32, stem_stride=2)),
+    "s3": (MixPathMixConvSpace, dict(widths=[8, 12, 16, 16], strides=[2, 1, 2, 1], expansions=[6],
+                                     stem_channels=8, last_channels=32, stem_stride=2)),
+    "s4": (MixPathCellSpace, dict(widths=[8, 16, 32], stem_channels=8)),
 }
 
 
 def make(name: str, **kw) -> MixPathSpace:
-    return MixPathSpace(name=name, input_size=16, in_channels=3, num_classes=10, **{**CPU[name], **kw})
+    family, preset = CPU[name]
+    return family(name=name, input_size=16, in_channels=3, num_classes=10, **{**preset, **kw})
 
 
 @pytest.mark.parametrize("m, per_layer", [(1, 8), (2, 36), (3, 92), (4, 162)])
@@ -162,9 +167,10 @@ def test_paper_presets_hold_the_seeds_geometry():
     s2 = compose(["space=mixpath_s2"], "/tmp/unused").space
     assert len(s2.widths) == 18 and s2.max_paths == 2 and len(s2.expansions) == 1
     s3 = compose(["space=mixpath_s3"], "/tmp/unused").space
-    assert len(s3.widths) == 18 and s3.family == "mixconv" and s3.groups == 4
+    assert len(s3.widths) == 18 and s3.groups == 4
+    assert s3._target_ == "nasx.spaces.mixpath_mixconv.MixPathMixConvSpace"
     s4 = compose(["space=mixpath_s4"], "/tmp/unused").space
-    assert s4.family == "cell" and list(s4.pool_after) == [2, 5]
+    assert s4._target_ == "nasx.spaces.mixpath_cell.MixPathCellSpace" and list(s4.pool_after) == [2, 5]
 
 
 MP_TINY = ["train.epochs=1", "search.strategy.generations=2", "search.strategy.population=4", "search.k=2",
@@ -177,7 +183,7 @@ def test_mixpath_digits_runs_every_stage_and_writes_front_plot_and_table(tmp_pat
 
     from conftest import compose
 
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     results = run(compose(["experiment=mixpath_digits", *MP_TINY], tmp_path))
     front = json.loads((tmp_path / "search" / "front.json").read_text())
@@ -203,7 +209,7 @@ def test_paper_presets_run_end_to_end_on_real_format_fixtures(tmp_path, experime
     CIFAR-10 pickle and ImageNet folder formats."""
     from conftest import compose
 
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     data = tmp_path / "data"
     extra = ["data.batch_size=32", "space.input_size=16"]
@@ -218,7 +224,7 @@ def test_paper_presets_run_end_to_end_on_real_format_fixtures(tmp_path, experime
         extra = ["data.batch_size=4", "data.eval_batch_size=6", "data.val_fraction=0.25", "data.num_workers=0",
                  "space.input_size=32", "budget=none"]
     cfg = compose([f"experiment={experiment}", f"paths.data_dir={data}", *MP_TINY, *extra], tmp_path / "run")
-    assert cfg.method == "mixpath" and cfg.search.strategy._target_.endswith("NSGA2")
+    assert cfg.method._target_ == "nasx.methods.mixpath.MixPath" and cfg.search.strategy._target_.endswith("NSGA2")
     results = run(cfg)
     assert results["space"] == experiment.split("_")[0] + "_" + experiment.split("_")[1]
     assert len(results["models"]) == 2
@@ -233,3 +239,18 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity():
     h = torch.randn(2, layer.sbn.bns[0].num_features, 16, 16)
     assert torch.equal(layer(h, (0, 3)), h)
     assert not make("s1").supernet().layers[residual[0]].sbn.bns[0].weight.eq(0).any()  # off by default
+
+
+@pytest.mark.parametrize("name", ["s1", "s3", "s4"])
+def test_last_channels_is_the_width_of_the_embedding_the_classifier_reads(name):
+    """BCT sizes the gallery's embedding by ``space.last_channels``; S4 has no last conv, so it is the last cell's."""
+    space = make(name)
+    net = space.supernet().eval()
+    with torch.no_grad():
+        features = net.forward_features(torch.randn(2, 3, 16, 16), space.sample(random.Random(0)))
+    assert features.shape == (2, space.last_channels) == (2, net.classifier[-1].in_features)
+
+
+def test_the_mixed_kernel_space_refuses_more_than_one_active_path():
+    with pytest.raises(ConfigError, match="m = 1"):
+        make("s3", max_paths=2)

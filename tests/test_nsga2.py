@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
 
-from nasx.arch import AdditiveSearchSpace, Budget, Cost
+from nasx.evaluation.base import FunctionEvaluator
+from nasx.arch import Budget, Cost
+from nasx.spaces.additive import AdditiveSearchSpace
 from nasx.errors import ConfigError, InfeasibleBudgetError, NasxError
 from nasx.rewards import Objectives
 from nasx.search.loop import run_search
@@ -41,7 +43,7 @@ def _search(tmp_path, evaluate=zdt1, reward=OBJ, budget=Budget(), **kw):
     space = Grid()
     kw = {"generations": 25, "population": 20, **kw}
     strategy = NSGA2(space, budget, seed=0, **kw)
-    result = run_search(strategy, space, evaluate, reward, budget, tmp_path, progress=False)
+    result = run_search(strategy, space, FunctionEvaluator(evaluate), reward, budget, tmp_path, progress=False)
     return strategy, result
 
 
@@ -58,7 +60,7 @@ def test_random_sampling_at_the_same_budget_does_not_reach_the_front(tmp_path):
     space = Grid()
     n = _search(tmp_path / "nsga")[1].evaluations
     rs = RandomSearch(space, Budget(), seed=0, generations=math.ceil(n / 20), population=20)
-    records = run_search(rs, space, zdt1, OBJ, Budget(), tmp_path / "random", progress=False).records[:n]
+    records = run_search(rs, space, FunctionEvaluator(zdt1), OBJ, Budget(), tmp_path / "random", progress=False).records[:n]
     F = np.array([r["objectives"] for r in records])
     assert hypervolume(F[non_dominated(F)], REF) < 0.97 * hypervolume(TRUE_FRONT, REF)
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     run_dir = tmp_path_factory.mktemp("run")
     results = run(compose(["experiment=quickstart", *TINY], run_dir))
@@ -45,7 +45,7 @@ def test_pipeline_leaves_the_run_directory_described_in_the_design(finished_run)
 
 
 def test_rerunning_a_finished_run_redoes_nothing(finished_run):
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     run_dir, results = finished_run
     ckpt_mtime = (run_dir / "train" / "last.ckpt").stat().st_mtime
@@ -59,8 +59,8 @@ def test_search_killed_mid_generation_resumes_to_the_same_result(finished_run, t
     writes the same history and picks the same arch as the uninterrupted search."""
     import shutil
 
-    from nasx import evaluator as evaluator_module
-    from nasx.pipeline import run
+    from nasx.evaluation import classification as evaluator_module
+    from nasx.runner import run
 
     run_dir, _ = finished_run
     resumed_dir = tmp_path / "resumed"
@@ -69,7 +69,7 @@ def test_search_killed_mid_generation_resumes_to_the_same_result(finished_run, t
     shutil.copy(run_dir / "config.yaml", resumed_dir / "config.yaml")
 
     calls = {"n": 0}
-    original = evaluator_module.Evaluator.__call__
+    original = evaluator_module.ClassificationEvaluator.evaluate
 
     def dying(self, arch):
         if calls["n"] == 8:
@@ -77,12 +77,12 @@ def test_search_killed_mid_generation_resumes_to_the_same_result(finished_run, t
         calls["n"] += 1
         return original(self, arch)
 
-    monkeypatch.setattr(evaluator_module.Evaluator, "__call__", dying)
+    monkeypatch.setattr(evaluator_module.ClassificationEvaluator, "evaluate", dying)
     cfg = compose(["experiment=quickstart", *TINY, "stages=[search]"], resumed_dir)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
     assert 0 < len(artifacts.read_jsonl(resumed_dir / "search" / "history.jsonl")) < 18
-    monkeypatch.setattr(evaluator_module.Evaluator, "__call__", original)
+    monkeypatch.setattr(evaluator_module.ClassificationEvaluator, "evaluate", original)
     run(cfg)
     assert artifacts.read_jsonl(resumed_dir / "search" / "history.jsonl") == \
         artifacts.read_jsonl(run_dir / "search" / "history.jsonl")
@@ -91,7 +91,7 @@ def test_search_killed_mid_generation_resumes_to_the_same_result(finished_run, t
 
 
 def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run(compose(["experiment=quickstart", *TINY, "stages=[train]", "logger=wandb"], tmp_path / "run"))
@@ -178,12 +178,15 @@ def test_ddp_on_two_cpu_processes_trains_one_supernet_and_rank_zero_finishes(tmp
     assert (run_dir / "results.json").exists() and len(artifacts.read_jsonl(run_dir / "search" / "history.jsonl")) == 18
 
 
-def test_training_killed_mid_fit_leaves_last_ckpt_of_the_finished_epoch_and_resumes(tmp_path):
+def test_training_killed_mid_fit_leaves_last_ckpt_of_the_finished_epoch_and_resumes(tmp_path, monkeypatch):
     """Nothing is lost when a run is killed: last.ckpt is written after every epoch, not only at the end."""
     import lightning as L
     import torch
 
-    from nasx.pipeline import Run, train_supernet
+    import nasx.stages
+    from nasx.methods.spos import SPOS
+    from nasx.runner import Run
+    from nasx.stages import train_supernet
 
     class Killed(Exception):
         """Stands in for a kill (Lightning turns a real KeyboardInterrupt into sys.exit and ignores SIGINT after)."""
@@ -194,21 +197,22 @@ def test_training_killed_mid_fit_leaves_last_ckpt_of_the_finished_epoch_and_resu
                 raise Killed
 
     cfg = compose(["experiment=quickstart", *TINY, "train.epochs=3", "stages=[train]"], tmp_path)
-    run = Run(cfg)
-    original = run.trainer
+    run = Run(cfg, SPOS())
+    original = nasx.stages.make_trainer
 
     def trainer_with_kill(*args, **kwargs):
         t = original(*args, **kwargs)
         t.callbacks.append(KillAfterEpoch())
         return t
 
-    run.trainer = trainer_with_kill
+    monkeypatch.setattr(nasx.stages, "make_trainer", trainer_with_kill)
     with pytest.raises(Killed):
         train_supernet(run)
+    monkeypatch.setattr(nasx.stages, "make_trainer", original)
     ckpt = torch.load(tmp_path / "train" / "last.ckpt", weights_only=False)
     assert ckpt["epoch"] == 1 and not (tmp_path / "train" / "done.json").exists()
     assert not (tmp_path / "train" / "checkpoints").exists()  # no second checkpoint family
-    train_supernet(Run(cfg))  # resumes and finishes
+    train_supernet(Run(cfg, SPOS()))  # resumes and finishes
     assert torch.load(tmp_path / "train" / "last.ckpt", weights_only=False)["epoch"] == 2
     assert (tmp_path / "train" / "done.json").exists()
 
@@ -218,7 +222,7 @@ def test_sweep_job_directory_names_stay_within_file_system_limits():
     OSError (File name too long)."""
     from nasx.cli import MAX_DIRNAME, short_dirname
 
-    short = "reward=cmp_r1,train.bct_weight=0"
+    short = "reward=cmp_r1,train.loss.bct.weight=0"
     assert short_dirname(short) == short
     long_a = ",".join(f"search.strategy.key{i}={i}" for i in range(20))
     long_b = long_a.replace("key19=19", "key19=20")

@@ -9,6 +9,7 @@ import pytest
 
 from nasx import artifacts
 from nasx.arch import Arch, Budget
+from nasx.evaluation.base import Evaluator
 from nasx.rewards import WeightedSum
 from nasx.search import Evolution, RandomSearch
 from nasx.search.loop import run_search
@@ -18,7 +19,7 @@ class Killed(Exception):
     pass
 
 
-class FakeEvaluator:
+class FakeEvaluator(Evaluator):
     """A deterministic score per arch (a hidden target's closeness); counts calls; can die after N calls."""
 
     def __init__(self, space, die_after: int | None = None):
@@ -26,7 +27,7 @@ class FakeEvaluator:
         self.calls: list[Arch] = []
         self.die_after = die_after
 
-    def __call__(self, arch):
+    def evaluate(self, arch):
         if self.die_after is not None and len(self.calls) >= self.die_after:
             raise Killed()
         self.calls.append(arch)

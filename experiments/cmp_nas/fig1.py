@@ -1,6 +1,6 @@
 """CMP-NAS supplementary Fig. 1 on the embedded digits: the reward study.
 
-For each supernet training mode {vanilla (bct_weight 0), BCT (bct_weight 1)} the query supernet of
+For each supernet training mode {vanilla (BCT weight 0), BCT (BCT weight 1)} the query supernet of
 ``experiment=cmp_nas_digits`` is trained once (one shared gallery model), then searched with each reward R1, R2, R3;
 the best 5 architectures of every search are scored on the test queries with inherited, BN-recalibrated supernet
 weights: homogeneous A(φq, φq) and heterogeneous A(φq, φg) top-1 (training split as the gallery).
@@ -21,10 +21,12 @@ from hydra import compose, initialize_config_dir
 
 from nasx import artifacts
 from nasx.arch import Arch
-from nasx.cmp_eval import embed, retrieval_metrics
-from nasx.cmp_nas import CMPRun, train_gallery
-from nasx.evaluator import bn_recalibrate
-from nasx.pipeline import load_supernet, run
+from nasx.evaluation import ClassificationEvaluator
+from nasx.evaluation.compatibility import retrieval_metrics
+from nasx.evaluation.embedding import embed
+from nasx.methods.cmp_nas import CMPNAS
+from nasx.runner import Run, run
+from nasx.stages import load_supernet
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 REWARDS = ("cmp_r1", "cmp_r2", "cmp_r3")
@@ -52,22 +54,24 @@ def main() -> None:
         mode = "BCT" if bct else "vanilla"
         sdir = root / f"supernet_{mode}"
         gal = [shared] if bct else []  # the vanilla run trains the gallery model every other run shares
-        run(_cfg([*base, f"train.bct_weight={bct}", "stages=[train]", f"paths.run_dir={sdir}", *gal]))
+        run(_cfg([*base, f"train.loss.bct.weight={bct}", "stages=[train]", f"paths.run_dir={sdir}", *gal]))
         for reward in REWARDS:
             rdir = root / f"{mode}_{reward}"
             if not (rdir / "train").exists():
                 rdir.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(sdir / "train", rdir / "train")
-            cfg = _cfg([*base, f"train.bct_weight={bct}", f"reward={reward}", "stages=[search]",
+            cfg = _cfg([*base, f"train.loss.bct.weight={bct}", f"reward={reward}", "stages=[search]",
                         f"paths.run_dir={rdir}", shared])
             run(cfg)
-            r = CMPRun(cfg)
-            gallery = train_gallery(r)  # loads the shared checkpoint
+            method = CMPNAS()
+            r = Run(cfg, method)
+            gallery = method.reference(r)  # loads the shared checkpoint
             supernet = load_supernet(r)
             r.data.setup("test")
             (qx, qy), (gx, gy) = r.data.split("test"), r.data.split("train")
             g_emb = embed(gallery, gx)
-            calib = r.data.calibration_batches(cfg.search.bn_batches, cfg.search.bn_batch_size)
+            calibrated = ClassificationEvaluator(supernet, r.data.calibration_batches(
+                cfg.search.bn_batches, cfg.search.bn_batch_size), [])
             history = [json.loads(line) for line in (rdir / "search" / "history.jsonl").open()]
             seen, best = set(), []
             for rec in sorted((h for h in history if h["reward"] is not None), key=lambda h: -h["reward"]):
@@ -75,7 +79,7 @@ def main() -> None:
                     seen.add(rec["arch_str"])
                     best.append(rec)
             for rank, rec in enumerate(best[:args.top]):
-                model = bn_recalibrate(supernet.extract(r.space.validate(Arch.from_dict(rec["arch"]))), calib)
+                model = calibrated.model(r.space.validate(Arch.from_dict(rec["arch"])))
                 q = embed(model, qx)
                 rows.append({"supernet": mode, "reward": reward, "rank": rank, "arch": rec["arch_str"],
                              "mflops": rec["mflops"], "search_reward": rec["reward"],

@@ -16,9 +16,11 @@ from hydra import compose, initialize_config_dir
 
 from nasx import artifacts
 from nasx.arch import Arch
-from nasx.cmp_eval import embed, retrieval_metrics
-from nasx.cmp_nas import CMPRun, train_gallery
-from nasx.pipeline import train_standalone
+from nasx.evaluation.compatibility import retrieval_metrics
+from nasx.evaluation.embedding import embed
+from nasx.methods.cmp_nas import CMPNAS
+from nasx.runner import Run
+from nasx.stages import load_model, train_standalone
 from nasx.spaces.shufflenet import BLOCKS
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
@@ -32,11 +34,12 @@ def main() -> None:
     root = Path(args.runs).resolve()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[
-            "experiment=cmp_nas_digits", "progress=false", "train.bct_weight=1", "reward=cmp_r3",
+            "experiment=cmp_nas_digits", "progress=false", "train.loss.bct.weight=1", "reward=cmp_r3",
             f"paths.run_dir={root / 'BCT_cmp_r3'}",
             f"gallery.checkpoint={root / 'supernet_vanilla' / 'gallery' / 'model.pt'}"])
-    run = CMPRun(cfg)
-    gallery = train_gallery(run)
+    method = CMPNAS()
+    run = Run(cfg, method)
+    gallery = method.reference(run)
     best = artifacts.read_json(run.dir / "search" / "best.json")
     searched = run.space.validate(Arch.from_dict(best["arch"]))
     target = run.space.cost(searched).mflops
@@ -53,7 +56,8 @@ def main() -> None:
     g_emb = embed(gallery, gx)
     rows = {}
     for i, (name, arch) in enumerate(models.items()):
-        model = train_standalone(run, arch, f"tab13/{i}", bct_head=gallery.classifier)
+        train_standalone(run, arch, f"tab13/{i}", method.retrain_loss(run))  # BCT against the gallery
+        model = load_model(run, arch, f"tab13/{i}").eval()
         q = embed(model, qx)
         rows[name] = {"arch": str(arch), "mflops": run.space.cost(arch).mflops,
                       **retrieval_metrics(q, embed(model, gx), qy, gy, "hom"),

@@ -27,12 +27,14 @@ from pathlib import Path
 import torch
 
 from nasx import artifacts
-from nasx.cmp_eval import embed, retrieval_metrics
+from nasx.evaluation.compatibility import retrieval_metrics
+from nasx.evaluation.embedding import embed
+from nasx.losses import BCT, CrossEntropy, Distillation, Loss
 from nasx.data.digits import DigitsDataModule
 from nasx.models.resnet import ResNetEmbedding
 from nasx.prune import prune_gallery
 from nasx.training.base import fit_quiet
-from nasx.training.standalone import DistillationTraining, StandaloneTraining
+from nasx.training.standalone import StandaloneTraining
 
 MODES = ("scratch", "fine-tune", "BCT", "KD")
 
@@ -107,10 +109,12 @@ def main() -> None:
                 else:
                     _reinit(model)
                     if mode == "BCT":
-                        system = StandaloneTraining(model, lr=args.lr, bct_weight=1.0, bct_head=gallery.classifier,
-                                                    **opt)
+                        system = StandaloneTraining(model, lr=args.lr, loss=Loss(
+                            {"ce": CrossEntropy(), "bct": BCT(weight=1.0)}, reference=gallery), **opt)
                     elif mode == "KD":
-                        system = DistillationTraining(model, gallery, lr=args.lr, **opt)
+                        system = StandaloneTraining(model, lr=args.lr, loss=Loss(
+                            {"ce": CrossEntropy(), "kd": Distillation(weight=1.0, temperature=4.0)},
+                            reference=gallery), **opt)
                     else:
                         system = StandaloneTraining(model, lr=args.lr, **opt)
                 fit_quiet(system, data, args.epochs, args.seed + 1)

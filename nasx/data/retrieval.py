@@ -3,7 +3,7 @@
 The public interface is the pipeline's (``in_channels``, ``num_classes``, ``check``, ``setup``, the three loaders,
 ``calibration_batches``), as in :mod:`nasx.data.imagenet`; images stay on disk and are cropped and decoded per item
 (:class:`nasx.data.crops.CropDataset`). On top, CMP-NAS reads the retrieval sets of its search reward and of its
-evaluate stage (:mod:`nasx.cmp_eval`):
+evaluate stage (:mod:`nasx.evaluation.compatibility`, :mod:`nasx.methods.cmp_nas_protocols`):
 
 * **face** — the classes are the IMDb-Face identities (all identities with a downloaded image); a seeded
   ``carve_fraction`` (5 % [seed]) of the *images* (``carve_records``, one group per image) is the search-reward
@@ -17,7 +17,7 @@ Pixels [nasx]: crops in [0, 1] are normalised per channel with the config's ``me
 insightface's (x − 127.5)/127.5 up to its 1/128 scale; fashion: the ImageNet constants). Training augmentation
 [nasx]: a coin-flip horizontal mirror drawn from a generator seeded by (seed, epoch, index), as in imagenet.py; no
 crop jitter. The carve's classification batches (``val_dataloader``) only monitor training: the search reward is
-a retrieval metric on the carve (:mod:`nasx.cmp_eval`). Fashion's carve shares no class with training, so its
+a retrieval metric on the carve (:mod:`nasx.evaluation.compatibility`). Fashion's carve shares no class with training, so its
 ``val_dataloader`` is empty.
 """
 
@@ -84,7 +84,7 @@ class CropRetrievalDataModule(L.LightningDataModule, ABC):
 
     in_channels = 3
     num_classes: int
-    protocol: str  # "face" | "fashion": which reward and test protocol nasx.cmp_eval applies
+    protocol: str  # "face" | "fashion": which reward and test protocol nasx.methods.cmp_nas applies
 
     def __init__(self, image_size: int, batch_size: int, eval_batch_size: int, carve_fraction: float, seed: int,
                  augment: bool, num_workers: int, mean: Sequence[float], std: Sequence[float]) -> None:

@@ -66,8 +66,5 @@ class ResNetEmbedding(nn.Module):
             x = b(x)
         return self.neck(x.mean((2, 3)))
 
-    def head(self, features):
-        return self.classifier(features)
-
     def forward(self, x):
-        return self.head(self.forward_features(x))
+        return self.classifier(self.forward_features(x))

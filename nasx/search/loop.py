@@ -11,10 +11,14 @@ the same directory:
   memory so those candidates are not evaluated again),
 * and continues, reaching the same history and best arch as an uninterrupted run with the same seed.
 
-The reward sees the evaluator's metrics plus the candidate's cost (``mflops``, ``params``). A multi-objective
-reward (:class:`~nasx.rewards.Objectives`) adds ``objectives`` (minimisation form) and ``feasible`` to each record;
-a strategy with ``multi_objective = True`` is told ``(objectives, feasible)`` pairs (``(None, False)`` for a
-candidate outside the budget), any other strategy the scalar reward.
+The reward sees the evaluator's metrics plus the candidate's cost (``mflops``, ``params``). Every strategy is told
+one :class:`~nasx.search.strategy.Outcome` per candidate: the reward's objective vector in minimisation form (length
+1 for a single-objective reward) and its feasibility; a candidate outside the budget is told ``Outcome(None,
+False)``. A multi-objective reward also adds ``objectives`` and ``feasible`` to each record.
+
+A round's new candidates go to the evaluator together (``evaluate_many``), which reports each result as it comes;
+records are appended in ask order as soon as their metrics are known, so a kill loses at most the candidate being
+evaluated. Records are flushed one by one and the file is fsynced once per round, before ``state.pt``.
 """
 from __future__ import annotations
 
@@ -27,14 +31,16 @@ import torch
 from nasx import artifacts
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import NasxError
+from nasx.evaluation.base import Evaluator
 from nasx.rewards import Objectives, WeightedSum
+from nasx.search.strategy import Outcome
 
 STATE_VERSION = 1
 
 
 @dataclass
 class SearchResult:
-    best: dict  # the best record: arch, metrics, reward, mflops, params, gen
+    best: dict | None  # the best record (arch, metrics, reward, mflops, params, gen); None: nothing was asked
     records: list[dict]
     evaluations: int  # candidates evaluated by this process (not taken from cache or a previous run)
 
@@ -47,8 +53,7 @@ def _round(record: dict) -> int:
     return record.get("round", record["gen"])
 
 
-def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[str, float]],
-               reward: WeightedSum | Objectives,
+def run_search(strategy, space: SearchSpace, evaluator: Evaluator, reward: WeightedSum | Objectives,
                budget: Budget, out_dir: str | Path, progress: bool = True,
                on_generation: Callable[[int, list[dict]], None] | None = None) -> SearchResult:
     out_dir = Path(out_dir)
@@ -60,7 +65,6 @@ def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[
         strategy.load_state_dict(state["strategy"])
     records = artifacts.read_jsonl(history_path)
     done_gens, done_rounds = strategy.generation, strategy.rounds
-    multi = getattr(strategy, "multi_objective", False)
     committed = [r for r in records if _round(r) < done_rounds]
     recovered = {_record_arch(r, space): r for r in records if _round(r) >= done_rounds and r["metrics"] is not None}
     artifacts.write_jsonl(history_path, committed)
@@ -71,36 +75,58 @@ def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[
     try:
         while not strategy.done:
             gen, rnd = strategy.generation, strategy.rounds
-            told, gen_records = [], []
-            for arch in strategy.ask():
-                arch = space.validate(arch)
+            asked = [space.validate(a) for a in strategy.ask()]
+            gen_records, outcomes, new = [], [], []
+            for arch in asked:
                 cost = space.cost(arch)
                 rec = {"gen": gen, "round": rnd, "arch": arch.to_dict(), "arch_str": str(arch), "mflops": cost.mflops,
                        "params": cost.params, "cached": False, "metrics": None, "reward": None}
                 if not budget.admits(cost):  # the strategy should never ask this; the loop is the last guard
                     rec["status"] = "over_budget"
-                    value = (None, False) if multi else float("-inf")
+                elif arch in seen:
+                    rec["metrics"], rec["cached"] = seen[arch]["metrics"], True
+                elif arch in recovered:
+                    rec["metrics"] = recovered[arch]["metrics"]
+                    seen[arch] = rec
+                elif arch in new:
+                    rec["cached"] = True  # asked twice in one round: scored once, by the first
                 else:
-                    if arch in seen:
-                        rec["metrics"], rec["cached"] = seen[arch]["metrics"], True
-                    elif arch in recovered:
-                        rec["metrics"] = recovered[arch]["metrics"]
-                    else:
-                        rec["metrics"] = dict(evaluate(arch))
-                        evaluations += 1
-                    full = {**rec["metrics"], "mflops": cost.mflops, "params": cost.params}
-                    rec["reward"] = value = reward.scalar(full)
-                    if reward.multi:
-                        rec["objectives"], rec["feasible"] = list(reward(full)), reward.feasible(full)
-                        if multi:
-                            value = (tuple(rec["objectives"]), rec["feasible"])
-                    seen.setdefault(arch, rec)
-                artifacts.append_jsonl(history_path, rec)
+                    new.append(arch)
                 gen_records.append(rec)
-                told.append((arch, value))
-                if bar:
-                    bar.candidate(rec["reward"])
-            strategy.tell(told)
+
+            written = 0
+
+            def write_ready() -> None:
+                """Append, in ask order, every record whose metrics are known."""
+                nonlocal written
+                while written < len(gen_records):
+                    rec, arch = gen_records[written], asked[written]
+                    if rec.get("status") != "over_budget" and rec["metrics"] is None:
+                        if not (rec["cached"] and arch in seen):
+                            return  # still being evaluated
+                        rec["metrics"] = seen[arch]["metrics"]
+                    outcomes.append(_score(rec, reward))
+                    artifacts.append_jsonl(history_path, rec, sync=False)
+                    if bar:
+                        bar.candidate(rec["reward"])
+                    written += 1
+
+            def on_result(i: int, metrics: Mapping[str, float]) -> None:
+                nonlocal evaluations
+                arch = new[i]
+                rec = next(r for r, a in zip(gen_records, asked) if a == arch and r["metrics"] is None
+                           and not r["cached"])
+                rec["metrics"] = dict(metrics)
+                seen[arch] = rec
+                evaluations += 1
+                write_ready()
+
+            write_ready()
+            if new:
+                evaluator.evaluate_many(new, on_result=on_result)
+            write_ready()
+            strategy.tell(list(zip(asked, outcomes)))
+            artifacts.fsync(history_path)
             artifacts.torch_save({"version": STATE_VERSION, "strategy": strategy.state_dict()}, state_path)
             committed.extend(gen_records)
             if strategy.generation == gen:  # a top-up round: the generation goes on
@@ -114,12 +140,25 @@ def run_search(strategy, space: SearchSpace, evaluate: Callable[[Arch], Mapping[
             bar.close()
 
     scored = [r for r in committed if r["reward"] is not None]
-    if not scored:
+    if committed and not scored:
         raise NasxError(f"search: none of the {len(committed)} candidates fit {budget}; the strategy ignores the "
                         f"budget or the budget is too tight for it")
-    best = max(scored, key=lambda r: r["reward"])  # max keeps the first of equals: earliest found wins ties
-    artifacts.write_json(out_dir / "best.json", best)
+    best = max(scored, key=lambda r: r["reward"]) if scored else None  # max keeps the first of equals
+    if best is not None:
+        artifacts.write_json(out_dir / "best.json", best)
     return SearchResult(best=best, records=committed, evaluations=evaluations)
+
+
+def _score(rec: dict, reward: WeightedSum | Objectives) -> Outcome:
+    """Fill a record's reward (and objectives) from its metrics and cost; the strategy's outcome."""
+    if rec["metrics"] is None:
+        return Outcome(None, False)
+    full = {**rec["metrics"], "mflops": rec["mflops"], "params": rec["params"]}
+    rec["reward"] = reward.scalar(full)
+    outcome = Outcome(tuple(reward.vector(full)), reward.feasible(full))
+    if reward.multi:
+        rec["objectives"], rec["feasible"] = list(outcome.objectives), outcome.feasible
+    return outcome
 
 
 def _best_reward(records: list[dict]) -> float | None:

@@ -47,7 +47,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import ConfigError, NasxError
-from nasx.search.strategy import Strategy, check_positive_int, check_probability
+from nasx.search.strategy import Outcome, Strategy, check_positive_int, check_probability
 
 # asks of pymoo per round before the FLOPs-skipping gives up and repairs (a budget admitting almost nothing)
 SKIP_TRIES = 20
@@ -146,8 +146,7 @@ class _Algorithm(PymooNSGA2):
 
 
 class NSGA2(Strategy):
-    multi_objective = True
-
+    min_objectives = 2  # a run with a single-objective reward is a config error
     def __init__(self, space: SearchSpace, budget: Budget, seed: int, generations: int = 20, population: int = 50,
                  mutate_prob: float = 0.1, objective_weights: Sequence[float] | None = None, n_objectives: int = 2,
                  max_rounds: int = 10):
@@ -205,22 +204,19 @@ class NSGA2(Strategy):
             out.append(self.space.sample_within(self.budget, rng))
         return out
 
-    def tell(self, results: list[tuple[Arch, tuple]]) -> None:
-        if self._pending is None:
-            raise ValueError("tell() called without a pending ask()")
-        told = [self.space.validate(a) for a, _ in results]
-        if told != self._pending:
-            raise ValueError(f"tell() expects results for the {len(self._pending)} asked archs in the asked order")
-        for arch, (f, feasible) in zip(told, (v for _, v in results)):
-            ok = f is not None and feasible and all(math.isfinite(v) for v in f)
-            if f is not None and all(math.isfinite(v) for v in f):
+    def tell(self, results: list[tuple[Arch, Outcome]]) -> None:
+        told = self._check_told(results)
+        for arch, (_, o) in zip(told, results):
+            f = o.objectives
+            finite = f is not None and all(math.isfinite(v) for v in f)
+            if finite:
                 self._objectives.setdefault(arch, tuple(float(v) for v in f))
                 self._rewards.setdefault(arch, -float(f[0]))
             else:
                 self._rewards.setdefault(arch, -math.inf)
-            if ok and arch not in {a for a, _ in self._buffer}:
+            if o.usable and arch not in {a for a, _ in self._buffer}:
                 self._buffer.append((arch, tuple(float(v) for v in f)))
-            elif not ok:
+            elif not o.usable:
                 self._dropped += 1
         self._pending = None
         self.rounds += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import ConfigError
@@ -32,6 +33,29 @@ def check_probability(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ConfigError(f"search.strategy.{key} must be a probability in [0, 1], got {value!r}")
     return float(value)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the search loop tells a strategy about one candidate.
+
+    ``objectives`` is the reward's objective vector in minimisation form (a maximised metric negated; a
+    single-objective reward is a vector of length 1), or None when the candidate was not evaluated (outside the
+    budget). ``feasible`` is False when the candidate breaks one of the reward's constraints (a floor or ceiling).
+    """
+
+    objectives: tuple[float, ...] | None
+    feasible: bool = True
+
+    @property
+    def usable(self) -> bool:
+        """Evaluated, feasible and finite: a candidate a strategy may build on."""
+        return self.objectives is not None and self.feasible and all(math.isfinite(v) for v in self.objectives)
+
+    @property
+    def reward(self) -> float:
+        """The first objective as a reward to maximise; ``-inf`` for an unusable candidate."""
+        return -self.objectives[0] if self.usable else -math.inf
 
 
 class Strategy(ABC):
@@ -68,33 +92,37 @@ class Strategy(ABC):
             self._pending = [self.space.validate(a) for a in self._propose()]
         return list(self._pending)
 
-    def tell(self, results: list[tuple[Arch, float]]) -> None:
-        """Rewards for exactly the archs of the last :meth:`ask`, in the same order; ends the generation.
+    def tell(self, results: list[tuple[Arch, Outcome]]) -> None:
+        """Outcomes for exactly the archs of the last :meth:`ask`, in the same order; ends the generation.
 
-        ``-inf`` marks a failed or infeasible candidate; NaN is stored as ``-inf`` so that it cannot poison the
-        ordering of :meth:`best`. An arch told twice (only possible in an exhausted space) keeps its first reward,
-        as an evaluation cache would return it.
+        A single-objective strategy ranks by :attr:`Outcome.reward`: ``-inf`` for a candidate that was not
+        evaluated, is infeasible or has a non-finite objective, so that it cannot poison the ordering of
+        :meth:`best`. An arch told twice (only possible in an exhausted space) keeps its first reward, as an
+        evaluation cache would return it.
         """
+        told = self._check_told(results)
+        for arch, (_, outcome) in zip(told, results):
+            self._rewards.setdefault(arch, outcome.reward)
+        self._pending = None
+        self.rounds += 1
+        self.generation += 1
+
+    def _check_told(self, results: list[tuple[Arch, Outcome]]) -> list[Arch]:
+        """The told archs, validated; they must be those of the pending ask, in order."""
         if self._pending is None:
             raise ValueError("tell() called without a pending ask()")
         told = [self.space.validate(a) for a, _ in results]
         if told != self._pending:
-            raise ValueError(f"tell() expects rewards for the {len(self._pending)} asked archs in the asked order, "
+            raise ValueError(f"tell() expects outcomes for the {len(self._pending)} asked archs in the asked order, "
                              f"got {len(told)} archs that differ")
-        for arch, reward in zip(told, (float(r) for _, r in results)):
-            self._rewards.setdefault(arch, -math.inf if math.isnan(reward) else reward)
-        self._pending = None
-        self.rounds += 1
-        self.generation += 1
+        if not all(isinstance(o, Outcome) for _, o in results):
+            raise TypeError("tell() takes (arch, Outcome) pairs")
+        return told
 
     def best(self, k: int = 1) -> list[tuple[Arch, float]]:
         """The top-``k`` (arch, reward) evaluated so far, best first; ties go to the arch seen first."""
         # sorted() is stable, so equal rewards stay in first-seen order
         return sorted(self._rewards.items(), key=lambda item: -item[1])[:max(k, 0)]
-
-    def evaluated(self) -> int:
-        """Number of distinct archs told so far."""
-        return len(self._rewards)
 
     # -- proposal helpers ----------------------------------------------------------------------------------------
     @abstractmethod

@@ -163,10 +163,15 @@ class NSSSpace(SearchSpace):
         return (di * self.depth_step + 1, (di + 1) * self.depth_step,
                 wi * self.width_step + 1, (wi + 1) * self.width_step)
 
-    def space_of(self, arch: Arch) -> tuple[int, int, int]:
-        """The candidate space of each stage that contains ``arch``."""
-        return tuple((self.depth(arch, i) - 1) // self.depth_step * self.n_width_ranges
-                     + (self.width(arch, i) - 1) // self.width_step for i in range(3))
+    def corner_archs(self, spaces: Sequence[int] | None = None) -> tuple[Arch, Arch]:
+        """The cheapest and the dearest arch of the candidate spaces (every stage at its space's smallest / largest
+        depth and width; the whole expanded space when ``spaces`` is None). Cost grows with every depth and width,
+        so every arch of those spaces costs between the two."""
+        if spaces is None:
+            return self.arch([0] * len(self.genes)), self.arch([k - 1 for k in self.genes.values()])
+        bounds = [self.space_bounds(j) for j in spaces]
+        return (self.arch([v - 1 for b in bounds for v in (b[0], b[2])]),
+                self.arch([v - 1 for b in bounds for v in (b[1], b[3])]))
 
     def sample_in(self, spaces: Sequence[int], rng: random.Random) -> Arch:
         """An arch uniform within candidate space ``spaces[i]`` for each stage i [seed: S1]."""
@@ -287,8 +292,8 @@ class NSSSupernet(nn.Module):
             for c_in, stride in zip((c0, w, w), STAGE_STRIDES))
         self.classifier = nn.Linear(w, space.num_classes)
 
-    def _logits(self, x: torch.Tensor, masks: Sequence[torch.Tensor],
-                depth_weights: Sequence[torch.Tensor | int]) -> torch.Tensor:
+    def _features(self, x: torch.Tensor, masks: Sequence[torch.Tensor],
+                  depth_weights: Sequence[torch.Tensor | int]) -> torch.Tensor:
         """``depth_weights[i]`` is an int depth (take block d's output) or a (max_depth,) weight vector."""
         x = self.stem(x)
         ext_in = self.space.stem_channels
@@ -304,13 +309,17 @@ class NSSSupernet(nn.Module):
             x = x if hard else out
             ext_in = ext
         mark_extent(self.classifier.weight, (self.space.num_classes, ext_in))
-        return self.classifier(x.mean((2, 3)))
+        return x.mean((2, 3))
+
+    def forward_features(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        """(N, in_channels, H, W) -> (N, max_width) pooled features of ``arch`` (channels past its width are 0)."""
+        arch = self.space.validate(arch)
+        masks = [self.space.width_mask(self.space.width(arch, i)) for i in range(3)]  # on the CPU: no sync
+        return self._features(x, masks, [self.space.depth(arch, i) for i in range(3)])
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         """(N, in_channels, H, W) -> (N, num_classes) logits of ``arch`` (hard masks, blocks past d_i skipped)."""
-        arch = self.space.validate(arch)
-        masks = [self.space.width_mask(self.space.width(arch, i)) for i in range(3)]  # on the CPU: no sync
-        return self._logits(x, masks, [self.space.depth(arch, i) for i in range(3)])
+        return self.classifier(self.forward_features(x, arch))
 
     def forward_soft(self, x: torch.Tensor, width_masks: Sequence[torch.Tensor],
                      depth_weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -328,7 +337,7 @@ class NSSSupernet(nn.Module):
                                  f"({self.space.max_depth},), got {tuple(m.shape)} and {tuple(dw.shape)}")
             if _support(dw) == 0:
                 raise ValueError("every stage needs a nonzero depth weight")
-        return self._logits(x, width_masks, depth_weights)
+        return self.classifier(self._features(x, width_masks, depth_weights))
 
     def extract(self, arch: Arch) -> NSSResNet:
         """A static :class:`NSSResNet` with copies of the leading sub-tensors; equals ``self(x, arch)`` in eval."""

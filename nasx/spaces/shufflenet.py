@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nasx.arch import AdditiveSearchSpace, Arch, Cost
+from nasx.arch import Arch, Cost
+from nasx.spaces.additive import AdditiveSearchSpace
 from nasx.ops import SlicedBranch
 
 BLOCKS = ("shuffle3", "shuffle5", "shuffle7", "xception")
@@ -111,22 +112,17 @@ class SuperShuffleUnit(nn.Module):
 class ShuffleNet(nn.Module):
     """A static network of the space: stem, units, 1×1 conv, global pooling, dropout, linear classifier."""
 
-    def __init__(self, stem: nn.Module, units: Sequence[nn.Module], last: nn.Module, dropout: float,
-                 classifier: nn.Linear):
+    def __init__(self, stem: nn.Module, units: Sequence[nn.Module], last: nn.Module, classifier: nn.Module):
         super().__init__()
         self.stem, self.units, self.last = stem, nn.Sequential(*units), last
-        self.dropout, self.classifier = nn.Dropout(dropout), classifier
+        self.classifier = classifier  # embedding -> logits: dropout, then the linear layer
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N, last_channels) pooled features (the embedding)."""
         return self.last(self.units(self.stem(x))).mean((2, 3))
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Embedding -> logits (dropout, then the classifier)."""
-        return self.classifier(self.dropout(features))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return self.classifier(self.forward_features(x))
 
 
 class ShuffleNetSpace(AdditiveSearchSpace):
@@ -209,8 +205,8 @@ class ShuffleNetSupernet(nn.Module):
             for (c_in, c_out, stride, _), mids in zip(space.layers, space.mids))
         self.last = nn.Sequential(nn.Conv2d(space.stage_channels[-1], space.last_channels, 1, bias=False),
                                   nn.BatchNorm2d(space.last_channels), nn.ReLU(inplace=True))
-        self.dropout = nn.Dropout(space.dropout)
-        self.classifier = nn.Linear(space.last_channels, space.num_classes, bias=False)
+        self.classifier = nn.Sequential(nn.Dropout(space.dropout),
+                                        nn.Linear(space.last_channels, space.num_classes, bias=False))
 
     def forward_features(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
         x = self.stem(x)
@@ -224,16 +220,11 @@ class ShuffleNetSupernet(nn.Module):
                 x = blocks[c[2 * i]](x, self.space.mids[i][c[2 * i + 1]])
         return self.last(x).mean((2, 3))
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Embedding -> logits (dropout, then the classifier)."""
-        return self.classifier(self.dropout(features))
-
     def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
-        return self.head(self.forward_features(x, arch))
+        return self.classifier(self.forward_features(x, arch))
 
     def extract(self, arch: Arch) -> ShuffleNet:
         arch = self.space.validate(arch)
         c = arch.choices()
         units = [blocks[c[2 * i]].extract(self.space.mids[i][c[2 * i + 1]]) for i, blocks in enumerate(self.layers)]
-        return ShuffleNet(copy.deepcopy(self.stem), units, copy.deepcopy(self.last), self.space.dropout,
-                          copy.deepcopy(self.classifier))
+        return ShuffleNet(copy.deepcopy(self.stem), units, copy.deepcopy(self.last), copy.deepcopy(self.classifier))

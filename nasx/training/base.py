@@ -7,10 +7,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from nasx.errors import ConfigError, NonFiniteLossError
-from nasx.losses import bct_loss
+from nasx.losses import Loss, cross_entropy
 from nasx.training.optim import SlicedSGD, param_groups
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -31,25 +30,25 @@ def stop_on_nonfinite(module: L.LightningModule, loss: torch.Tensor, where: str,
 
 
 class System(L.LightningModule):
-    """Base LightningModule. ``model`` is the plain ``nn.Module`` being trained (a supernet or a static net)."""
+    """Base LightningModule. ``model`` is the plain ``nn.Module`` being trained (a supernet or a static net);
+    ``loss`` (:class:`nasx.losses.Loss`, built from ``train.loss`` / ``retrain.loss``) turns a batch into the
+    training loss; plain cross-entropy when not given."""
 
     def __init__(self, model: torch.nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 4e-5,
-                 nesterov: bool = True, schedule: str = "cosine", label_smoothing: float = 0.0,
-                 checkpoint_dir: str | None = None, bct_weight: float = 0.0, bct_head: torch.nn.Linear | None = None):
+                 nesterov: bool = True, schedule: str = "cosine", checkpoint_dir: str | None = None,
+                 loss: Loss | None = None):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
-        if bct_weight < 0:
-            raise ConfigError(f"train.bct_weight must be >= 0, got {bct_weight!r}")
-        if bct_weight > 0 and bct_head is None:
-            raise ConfigError("train.bct_weight > 0 needs the gallery model's classifier (BCT trains against it)")
         self.model = model
-        # BCT [ref: Shen et al.]: the query embedding also goes through the gallery model's frozen classifier
-        self.bct_weight = float(bct_weight)
-        self.bct_head = bct_head.requires_grad_(False) if bct_head is not None and bct_weight > 0 else None
+        self.loss = loss if loss is not None else cross_entropy()
         self.lr, self.momentum, self.weight_decay, self.nesterov = lr, momentum, weight_decay, nesterov
-        self.schedule, self.label_smoothing = schedule, label_smoothing
+        self.schedule = schedule
         self.checkpoint_dir = checkpoint_dir
+
+    def on_fit_start(self) -> None:
+        if self.loss.reference is not None:  # a frozen model outside the module tree: not checkpointed, moved here
+            self.loss.reference.to(self.device)
 
     def configure_optimizers(self):
         opt = SlicedSGD(param_groups(self.model, self.weight_decay), lr=self.lr, momentum=self.momentum,
@@ -65,14 +64,8 @@ class System(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def objective(self, x: torch.Tensor, y: torch.Tensor, *arch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits): cross-entropy, plus ``bct_weight · CE(W_g(φ(x)), y)`` when BCT is on (METHODS.md §1)."""
-        if self.bct_head is None:
-            logits = self.model(x, *arch)
-            return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits
-        emb = self.model.forward_features(x, *arch)
-        logits = self.model.head(emb)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return loss + self.bct_weight * bct_loss(emb, y, self.bct_head), logits
+        """(loss, logits) of the batch under the configured loss."""
+        return self.loss(self.model, x, y, *arch)
 
     def guard(self, loss: torch.Tensor, what: str) -> None:
         stop_on_nonfinite(self, loss, f"step {self.global_step} (epoch {self.current_epoch}, {what})",

@@ -4,8 +4,8 @@ Samples N architectures of the CPU-sized S1 space, trains each standalone on the
 fixed schedule (the ground truth), trains two supernets — shadow BN and plain BN — and reports Kendall τ (scipy)
 between the ground truth and each supernet's predicted accuracy, before and after BN calibration.
 
-    python benchmarks/ranking.py      # N = 24 on a 10 % training subset: experiments/mixpath/RESULTS.md
-    python benchmarks/ranking.py --train-fraction 1 --gt-epochs 4 --gt-seeds 2 --supernet-epochs 60   # full split
+    python experiments/mixpath/ranking.py      # N = 24 on a 10 % training subset: experiments/mixpath/RESULTS.md
+    python experiments/mixpath/ranking.py --train-fraction 1 --gt-epochs 4 --gt-seeds 2 --supernet-epochs 60   # full split
 
 Every trained model's accuracy is kept in ``--out`` (JSON, written atomically after each model), so an interrupted
 run resumes where it stopped. The supernets and standalone models use nasx's own training systems.
@@ -25,13 +25,13 @@ from scipy.stats import kendalltau
 
 from nasx import artifacts
 from nasx.data.digits import DigitsDataModule
-from nasx.evaluator import Evaluator, classification_metrics
-from nasx.spaces.mixpath import MixPathSpace
+from nasx.evaluation import ClassificationEvaluator, classification_metrics
+from nasx.spaces.mixpath_ib import MixPathIBSpace
 from nasx.training.base import fit_quiet
 from nasx.training.standalone import StandaloneTraining
 from nasx.training.supernet import SupernetTraining
 
-S1_CPU = dict(name="mixpath_s1_cpu", family="ib", widths=[8, 12, 12, 16, 16, 16, 24, 24, 24, 32, 32, 40],
+S1_CPU = dict(name="mixpath_s1_cpu", widths=[8, 12, 12, 16, 16, 16, 24, 24, 24, 32, 32, 40],
               strides=[1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1], kernels=[3, 5, 7, 9], expansions=[3, 6],
               stem_channels=8, last_channels=64, input_size=16, in_channels=1, num_classes=10,
               zero_init_residual=True)  # = conf/space/mixpath_s1_cpu.yaml
@@ -65,7 +65,7 @@ def main() -> None:
         data._raw["train"] = (x[keep], y[keep])
     tag = f"f{args.train_fraction:g}"
     test = list(data.test_dataloader())
-    space = MixPathSpace(**S1_CPU, max_paths=args.max_paths)
+    space = MixPathIBSpace(**S1_CPU, max_paths=args.max_paths)
     rng = random.Random(args.seed)
     archs = []
     while len(archs) < args.n:  # distinct archs, uniform over the space's encodings
@@ -93,14 +93,14 @@ def main() -> None:
         keys = {cal: f"{args.supernet_epochs}e:{tag}:{name},{cal}" for cal in ("before", "after")}
         if all(k in state["predicted"] for k in keys.values()):
             continue
-        sp = MixPathSpace(**S1_CPU, max_paths=args.max_paths, shadow_bn=shadow)
+        sp = MixPathIBSpace(**S1_CPU, max_paths=args.max_paths, shadow_bn=shadow)
         net = sp.supernet()
         t = time.time()
         fit_quiet(SupernetTraining(net, sp, seed=args.seed, **OPTIM), data, args.supernet_epochs, args.seed)
         print(f"supernet ({name} BN): {time.time() - t:.0f} s", flush=True)
         for cal, flag in (("before", False), ("after", True)):
-            ev = Evaluator(net, calibration, test, calibrate=flag)
-            state["predicted"][keys[cal]] = {str(a): ev(sp.arch(a.choices()))["top1"] for a in archs}
+            ev = ClassificationEvaluator(net, calibration, test, calibrate=flag)
+            state["predicted"][keys[cal]] = {str(a): ev.evaluate(sp.arch(a.choices()))["top1"] for a in archs}
         artifacts.write_json(out, state)
 
     runs = [state["ground_truth"][f"{args.gt_epochs}e:{tag}:s{args.seed + 1 + s}"] for s in range(args.gt_seeds)]

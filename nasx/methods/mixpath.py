@@ -17,36 +17,68 @@ import logging
 import math
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from nasx import artifacts
 from nasx.arch import Arch
 from nasx.errors import ConfigError, NasxError
-from nasx.evaluator import classification_metrics
-from nasx.pipeline import STAGES, Run, make_evaluator, start, train_standalone, train_supernet
+from nasx.evaluation import classification_metrics, to_device
+from nasx.methods.base import ResultsTable
+from nasx.methods.spos import SPOS
 from nasx.search.loop import run_search
 from nasx.search.nsga2 import equispaced, hypervolume, non_dominated
 from nasx.search.random_search import RandomSearch
+from nasx.stages import classification_evaluator, load_model, read_artifact, train_standalone
 
 log = logging.getLogger("nasx")
 
 
-class MixPathRun(Run):
-    def __init__(self, cfg: DictConfig):
+class MixPath(SPOS):
+    """MixPath: SPOS's supernet training on a multi-path space, NSGA-II with a random baseline, K models."""
+
+    name = "mixpath"
+
+    def check_config(self, cfg: DictConfig) -> None:
         if cfg.train.warmup_epochs != 0:
             raise ConfigError(f"train.warmup_epochs must be 0 for MixPath (its supernet has no warm-up mode), got "
                               f"{cfg.train.warmup_epochs!r}")
         k = cfg.search.get("k")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"search.k (models taken from the Pareto front) must be a positive integer, got {k!r}")
-        super().__init__(cfg)
-        if not self.reward.multi:
+        super().check_config(cfg)
+
+    def setup(self, run) -> None:
+        if not run.reward.multi:
             raise ConfigError("method=mixpath needs a multi-objective reward (reward.objectives), e.g. "
                               "reward=acc_mflops")
-        cost_defaults = {"mflops": self.budget.mflops or self.space.max_cost().mflops,
-                         "params": self.budget.params * 1e6 if self.budget.params else self.space.max_cost().params}
-        self.ref = self.reward.ref_point(cost_defaults)
+        super().setup(run)
+        cost_defaults = {"mflops": run.budget.mflops or run.space.max_cost().mflops,
+                         "params": run.budget.params * 1e6 if run.budget.params else run.space.max_cost().params}
+        run.ref = run.reward.ref_point(cost_defaults)
+
+    def search(self, run) -> dict:
+        return search(run)
+
+    def retrain(self, run) -> None:
+        loss = self.retrain_loss(run)
+        for i, arch in enumerate(_chosen(run)):
+            train_standalone(run, arch, f"retrain/k{i}", loss)
+
+    def evaluate(self, run) -> dict:
+        results = evaluate(run)
+        self.write_results(run, results)
+        return results
+
+    def report(self, run, r: dict) -> str:
+        return report(run, r)
+
+    def table(self, r: dict) -> ResultsTable:
+        hv = r["hypervolume"]
+        rows = [[str(m["k"]), f"{m['mflops']:.3f}", f"{m['params']:,}", f"{100 * m['supernet_val_top1']:.2f} %",
+                 f"{100 * m['test_top1']:.2f} %"] for m in r["models"]]
+        return ResultsTable(f"nasx · {r['experiment']} · MixPath: {r['evaluations']} archs per search, hypervolume "
+                            f"NSGA-II {hv['nsga2']:.4f} vs random {hv['random']:.4f}",
+                            ["k", "MFLOPs", "params", "supernet val top-1", "retrained test top-1"], rows)
 
 
 def _feasible_F(records: list[dict]) -> tuple[list[dict], np.ndarray]:
@@ -65,9 +97,9 @@ def _distinct(records: list[dict]) -> list[dict]:
     return out
 
 
-def search(run: MixPathRun) -> dict:
+def search(run) -> dict:
     c = run.cfg.search
-    evaluator = make_evaluator(run, calibrate=c.get("bn_calibration", True))
+    evaluator = classification_evaluator(run, calibrate=c.get("bn_calibration", True))
     out = run.dir / "search"
     nsga = run_search(run.strategy, run.space, evaluator, run.reward, run.budget, out / "nsga2",
                       progress=run.cfg.progress)
@@ -118,7 +150,7 @@ def _public(r: dict) -> dict:
             "metrics": r["metrics"], "objectives": r.get("objectives")}
 
 
-def plot_pareto(run: MixPathRun, nsga: list[dict], rand: list[dict], fronts: dict, chosen: list[dict],
+def plot_pareto(run, nsga: list[dict], rand: list[dict], fronts: dict, chosen: list[dict],
                 curve: list[dict], path) -> None:
     """Fig. 1 analogue: the two searches' evaluated archs and fronts in objective space, and hypervolume against
     evaluations."""
@@ -154,54 +186,19 @@ def plot_pareto(run: MixPathRun, nsga: list[dict], rand: list[dict], fronts: dic
     ax2.legend()
     ax2.set_title(f"hypervolume (ref {tuple(round(v, 3) for v in run.ref)})")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    artifacts.save_figure(fig, path)
     plt.close(fig)
-    tmp.replace(path)
 
 
-def _chosen(run: MixPathRun) -> list[Arch]:
+def _chosen(run) -> list[Arch]:
     path = run.dir / "search" / "front.json"
     if not path.exists():
         raise NasxError(f"no searched front at '{path}': run the search stage first")
-    return [run.space.validate(Arch.from_dict(r["arch"]), where=str(path)) for r in artifacts.read_json(path)["chosen"]]
+    return [run.space.validate(Arch.from_dict(r["arch"], where=str(path)), where=str(path))
+            for r in read_artifact(path)["chosen"]]
 
 
-def retrain(run: MixPathRun) -> list[torch.nn.Module]:
-    return [train_standalone(run, arch, f"retrain/k{i}") for i, arch in enumerate(_chosen(run))]
-
-
-def evaluate(run: MixPathRun, models: list[torch.nn.Module] | None = None) -> dict:
-    summary = artifacts.read_json(run.dir / "search" / "front.json")
-    archs = _chosen(run)
-    run.data.setup("test")
-    dev = run.device()
-    test = [(x.to(dev), y.to(dev)) for x, y in run.data.test_dataloader()]
-    rows = []
-    for i, (arch, rec) in enumerate(zip(archs, summary["chosen"])):
-        if models is None:
-            path = run.dir / "retrain" / f"k{i}" / "model.pt"
-            if not path.exists():
-                raise NasxError(f"evaluate needs '{path}': run the retrain stage first")
-            model = run.space.supernet().extract(arch)
-            model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
-        else:
-            model = models[i]
-        m = classification_metrics(model.to(dev).eval(), test)
-        rows.append({"k": i, "arch": arch.to_dict(), "arch_str": str(arch), "mflops": rec["mflops"],
-                     "params": rec["params"], "supernet_val_top1": rec["metrics"]["top1"],
-                     "test_top1": m["top1"], "test_top5": m["top5"]})
-    results = {"experiment": run.cfg.name, "method": "mixpath", "seed": run.cfg.seed, "space": run.space.name,
-               "shadow_bn": run.space.shadow_bn, "max_paths": run.space.max_paths, "budget": str(run.budget),
-               "objectives": summary["objectives"], "constraints": summary["constraints"],
-               "evaluations": summary["evaluations"], "hypervolume": summary["hypervolume"],
-               "front_size": summary["front_size"], "models": rows, "retrain_epochs": run.cfg.retrain.epochs}
-    artifacts.write_json(run.dir / "results.json", results)
-    artifacts.write_text(run.dir / "report.md", report(run, results))
-    return results
-
-
-def report(run: MixPathRun, r: dict) -> str:
+def report(run, r: dict) -> str:
     hv = r["hypervolume"]
     lines = [f"# nasx run: {r['experiment']} (MixPath)", "",
              f"- space: `{r['space']}` (m = {r['max_paths']}, {'shadow' if r['shadow_bn'] else 'plain'} BN), "
@@ -219,20 +216,22 @@ def report(run: MixPathRun, r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_mixpath(cfg: DictConfig) -> dict:
-    r = start(cfg, MixPathRun)
-    results, models = {}, None
-    for stage in STAGES:
-        if stage not in cfg.stages:
-            continue
-        log.info("stage %s", stage)
-        if stage == "train":
-            if train_supernet(r) != 0:
-                return {}
-        elif stage == "search":
-            search(r)
-        elif stage == "retrain":
-            models = retrain(r)
-        else:
-            results = evaluate(r, models)
+def evaluate(run) -> dict:
+    summary = read_artifact(run.dir / "search" / "front.json")
+    archs = _chosen(run)
+    run.data.setup("test")
+    dev = run.device
+    test = to_device(run.data.test_dataloader(), dev)
+    rows = []
+    for i, (arch, rec) in enumerate(zip(archs, summary["chosen"])):
+        model = load_model(run, arch, f"retrain/k{i}")
+        m = classification_metrics(model.to(dev).eval(), test)
+        rows.append({"k": i, "arch": arch.to_dict(), "arch_str": str(arch), "mflops": rec["mflops"],
+                     "params": rec["params"], "supernet_val_top1": rec["metrics"]["top1"],
+                     "test_top1": m["top1"], "test_top5": m["top5"]})
+    results = {"experiment": run.cfg.name, "method": "mixpath", "seed": run.cfg.seed, "space": run.space.name,
+               "shadow_bn": run.space.shadow_bn, "max_paths": run.space.max_paths, "budget": str(run.budget),
+               "objectives": summary["objectives"], "constraints": summary["constraints"],
+               "evaluations": summary["evaluations"], "hypervolume": summary["hypervolume"],
+               "front_size": summary["front_size"], "models": rows, "retrain_epochs": run.cfg.retrain.epochs}
     return results

@@ -29,9 +29,9 @@ class _Trainer:  # the few trainer attributes the schedules read
 
 
 def _system(space, **kw):
-    from nasx.training.nss_search import NSSSearch
+    from nasx.training.nss import NSSTraining
 
-    s = NSSSearch(space.supernet(), space, target_mflops=kw.pop("target", 1.0), seed=0, **kw)
+    s = NSSTraining(space.supernet(), space, target_mflops=kw.pop("target", 1.0), seed=0, **kw)
     s._trainer = _Trainer()
     return s
 
@@ -136,11 +136,11 @@ def test_flops_penalty_is_zero_under_target_and_pushes_expected_cost_down_above_
 
 
 def test_target_below_the_smallest_network_fails_fast(space):
-    from nasx.training.nss_search import NSSSearch
+    from nasx.training.nss import NSSTraining
 
     lo = space.min_cost().mflops
     with pytest.raises(ConfigError, match=f"below the smallest network of space 'nss_cpu' \\({lo:.3f} MFLOPs\\)"):
-        NSSSearch(space.supernet(), space, target_mflops=lo / 2)
+        NSSTraining(space.supernet(), space, target_mflops=lo / 2)
 
 
 def test_elite_space_is_the_argmax_per_stage():
@@ -166,7 +166,7 @@ NSS_TINY = ["train.epochs=2", "train.warmup_epochs=1", "retrain.epochs=1", "sear
 
 @pytest.mark.slow
 def test_nss_digits_runs_every_stage_and_writes_the_table(tmp_path):
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     results = run(compose(["experiment=nss_digits", *NSS_TINY], tmp_path))
     assert [r["target_mflops"] for r in results["rows"]] == [0.5, 1.0, 2.0]
@@ -174,8 +174,12 @@ def test_nss_digits_runs_every_stage_and_writes_the_table(tmp_path):
         for source in ("elite", "expanded"):
             assert row[source]["samples"] >= 1 and row[source]["test_error_pct"] is not None
     for rel in ("search/elite_spaces.json", "search/protocol.json", "search/elite.png", "results.json", "report.md",
-                "train/target_0.5/space_probs.json"):
+                "train/target_0.5/space_probs.json", "search/protocol/target_1/elite/history.jsonl",
+                "search/protocol/target_1/expanded/state.pt"):
         assert (tmp_path / rel).is_file(), rel
+    protocol = artifacts.read_json(tmp_path / "search" / "protocol.json")["target_1"]["expanded"]
+    draws = artifacts.read_jsonl(tmp_path / "search" / "protocol" / "target_1" / "expanded" / "history.jsonl")
+    assert sum(1 for r in draws if r["gen"] == 0) == protocol["samples"]  # every draw of the first run is logged
     probs = artifacts.read_json(tmp_path / "train" / "target_1" / "space_probs.json")["probs"]
     assert len(probs) == 3 and all(abs(sum(p) - 1) < 1e-5 for p in probs)
     assert "| average |" in (tmp_path / "report.md").read_text()
@@ -205,7 +209,7 @@ def _write_cifar(root, variant: str, n: int = 40):
 def test_nss_paper_presets_run_end_to_end_on_cifar_fixtures(tmp_path, variant):
     """The paper's setting (expanded space d ≤ 16, w ≤ 512), shrunk only in epochs and targets, on real-format
     fixture pickles."""
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     _write_cifar(tmp_path / "data" / variant, variant)
     cfg = compose([f"experiment=nss_{variant}", f"paths.data_dir={tmp_path / 'data'}", *NSS_TINY,
@@ -222,7 +226,7 @@ def test_nss_paper_presets_hold_the_papers_settings(tmp_path, variant):
     cfg = compose([f"experiment=nss_{variant}"], tmp_path)
     assert (cfg.space.max_depth, cfg.space.max_width, cfg.space.stem_channels) == (16, 512, 16)
     assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.tau_start, cfg.train.tau_end) == (50, 15, 5.0, 0.001)
-    assert cfg.data.batch_size == 64 and cfg.method == "nss" and cfg.data.variant == variant
+    assert cfg.data.batch_size == 64 and cfg.method._target_ == "nasx.methods.nss.NSS" and cfg.data.variant == variant
 
 
 def test_cli_refuses_a_target_below_the_smallest_network_in_one_line(tmp_path):
@@ -241,7 +245,7 @@ def test_cli_refuses_a_target_below_the_smallest_network_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_killed_nss_training_resumes_with_only_the_unfinished_target(tmp_path):
-    from nasx.pipeline import run
+    from nasx.runner import run
 
     cfg = compose(["experiment=nss_digits", *NSS_TINY, "stages=[train]"], tmp_path)
     run(cfg)

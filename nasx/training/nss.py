@@ -38,7 +38,7 @@ def linear(start: float, end: float, progress: float) -> float:
     return start + (end - start) * min(max(progress, 0.0), 1.0)
 
 
-class NSSSearch(L.LightningModule):
+class NSSTraining(L.LightningModule):
     """Joint training of the masked supernet's weights and the space logits Θ for one MFLOPs target."""
 
     def __init__(self, model, space, target_mflops: float, seed: int = 0, warmup_epochs: int = 15,
