@@ -204,7 +204,7 @@ def test_compatibility_evaluator_het_scores_phi_q_queries_against_phi_g_embedded
     tar = lambda a, b: tar_at_far(pair_scores(a[pairs[:, 0]], b[pairs[:, 1]]), genuine, (0.05,))[0.05]  # noqa: E731
     assert m["hom"] == tar(q, q) and m["het"] == tar(q, gal) and m["far"] == 0.05
     calls = phi_g.calls
-    ev("other arch")
+    ev.evaluate("other arch")
     assert phi_g.calls == calls  # φg never runs again during the search
 
 

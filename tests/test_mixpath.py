@@ -214,7 +214,7 @@ def test_paper_presets_run_end_to_end_on_real_format_fixtures(tmp_path, experime
     data = tmp_path / "data"
     extra = ["data.batch_size=32", "space.input_size=16"]
     if "cifar10" in experiment:
-        from test_nss_search import _write_cifar
+        from test_nss import _write_cifar
 
         _write_cifar(data / "cifar10", "cifar10", n=24)
     else:
