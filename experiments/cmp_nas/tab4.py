@@ -75,11 +75,11 @@ def main() -> None:
 
     t0 = time.time()
     gpath = out.with_name("tab4_gallery.pt")
+    torch.manual_seed(args.seed)  # before the gallery is built: its initial weights are the seed's too
     gallery = gallery_model()
     if gpath.exists():
         gallery.load_state_dict(torch.load(gpath, weights_only=True))
     else:
-        torch.manual_seed(args.seed)
         fit_quiet(StandaloneTraining(gallery, lr=args.lr, **opt), data, args.gallery_epochs, args.seed)
         artifacts.torch_save(gallery.state_dict(), gpath)
     gallery.eval().requires_grad_(False)
