@@ -76,7 +76,7 @@ def run_search(strategy, space: SearchSpace, evaluator: Evaluator, reward: Weigh
         while not strategy.done:
             gen, rnd = strategy.generation, strategy.rounds
             asked = [space.validate(a) for a in strategy.ask()]
-            gen_records, outcomes, new = [], [], []
+            gen_records, outcomes, new, pending = [], [], [], {}  # pending: a new arch's record, to be filled
             for arch in asked:
                 cost = space.cost(arch)
                 rec = {"gen": gen, "round": rnd, "arch": arch.to_dict(), "arch_str": str(arch), "mflops": cost.mflops,
@@ -92,6 +92,7 @@ def run_search(strategy, space: SearchSpace, evaluator: Evaluator, reward: Weigh
                     rec["cached"] = True  # asked twice in one round: scored once, by the first
                 else:
                     new.append(arch)
+                    pending[arch] = rec
                 gen_records.append(rec)
 
             written = 0
@@ -114,8 +115,7 @@ def run_search(strategy, space: SearchSpace, evaluator: Evaluator, reward: Weigh
             def on_result(i: int, metrics: Mapping[str, float]) -> None:
                 nonlocal evaluations
                 arch = new[i]
-                rec = next(r for r, a in zip(gen_records, asked) if a == arch and r["metrics"] is None
-                           and not r["cached"])
+                rec = pending[arch]
                 rec["metrics"] = dict(metrics)
                 seen[arch] = rec
                 evaluations += 1
