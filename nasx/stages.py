@@ -41,6 +41,39 @@ class SaveLast(L.Callback):
         trainer.save_checkpoint(self.path)
 
 
+class RngState(L.Callback):
+    """Keeps the global random state (torch CPU and CUDA, numpy, Python) in every checkpoint and restores it on resume:
+    dropout and anything else that draws from it after a resume draws what the uninterrupted fit drew."""
+
+    KEY = "nasx_rng_state"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        import random
+
+        import numpy as np
+
+        name, keys, pos, has_gauss, gauss = np.random.get_state()  # plain types: checkpoints load with weights_only
+        checkpoint[self.KEY] = {"torch": torch.get_rng_state(),
+                                "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+                                "python": random.getstate(),
+                                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        import random
+
+        import numpy as np
+
+        state = checkpoint.get(self.KEY)
+        if state is None:  # a checkpoint written before nasx kept the random state
+            return
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def device_of(cfg: DictConfig) -> torch.device:
     """Where search-time evaluation runs: the trainer's accelerator."""
     return torch.device("cuda" if cfg.trainer.get("accelerator") == "gpu" and torch.cuda.is_available() else "cpu")
@@ -52,7 +85,7 @@ def make_trainer(cfg: DictConfig, stage_dir: Path, epochs: int, val: bool = Fals
     progress. ``distributed=False`` keeps the accelerator but one device: DDP workers take part in supernet training
     only."""
     single = {} if distributed else {"devices": 1, "strategy": "auto"}
-    callbacks = [SaveLast(stage_dir / "last.ckpt")]
+    callbacks = [RngState(), SaveLast(stage_dir / "last.ckpt")]
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
     logger = instantiate(cfg.logger, save_dir=str(stage_dir)) if cfg.logger else False

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from nasx.data.memory import calibration_indices, carve
+from nasx.data.memory import EpochSampler, calibration_indices, carve
 from nasx.errors import ConfigError, DatasetError, one_line
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -139,28 +139,6 @@ class ImageFileDataset(Dataset):
             g = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(i))) % (2**63))
             return train_transform(x, self.image_size, g), self.labels[i]
         return eval_transform(x, self.image_size), self.labels[i]
-
-
-class EpochSampler(Sampler[int]):
-    """A permutation of ``dataset`` seeded by (seed, epoch), reproducible per epoch (also after a resume).
-
-    Lightning calls ``set_epoch`` on a loader's sampler before each training epoch (and forwards it through
-    its DDP sampler wrapper); it is passed on to the data set so that per-sample augmentation follows.
-    """
-
-    def __init__(self, dataset: ImageFileDataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(hash((self.seed, self.epoch)) % (2**63))
-        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
 
 
 class ImageNetDataModule(L.LightningDataModule):

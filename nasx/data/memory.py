@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nasx.errors import ConfigError
 
@@ -89,6 +89,30 @@ def carve(n: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, 
     return perm[k:], perm[:k]
 
 
+class EpochSampler(Sampler[int]):
+    """A permutation of ``dataset`` that is a pure function of (seed, epoch), so a fit resumed at epoch e draws epoch
+    e's order as the uninterrupted fit did (a generator seeded once per fit would replay epoch 0's order).
+
+    Lightning calls ``set_epoch`` on a loader's sampler before each training epoch (and forwards it through its DDP
+    sampler wrapper); it is passed on to a data set that has ``set_epoch`` so that per-sample augmentation follows.
+    """
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if callable(getattr(self.dataset, "set_epoch", None)):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch)) % (2**63))
+        return iter(torch.randperm(len(self.dataset), generator=g).tolist())
+
+
 class InMemoryDataModule(L.LightningDataModule, ABC):
     """Base for data sets small enough to keep every split in memory.
 
@@ -165,9 +189,10 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset("train")
         # a split smaller than one batch would otherwise yield zero steps under drop_last
-        return DataLoader(ds, batch_size=min(self.batch_size, len(ds)), shuffle=True, drop_last=True,
-                          num_workers=0, collate_fn=collate_pair, pin_memory=torch.cuda.is_available(),
-                          generator=torch.Generator().manual_seed(self.seed))
+        # the order is a function of (seed, epoch), and the loader's own generator keeps it off the global RNG
+        return DataLoader(ds, batch_size=min(self.batch_size, len(ds)), sampler=EpochSampler(ds, self.seed),
+                          drop_last=True, num_workers=0, collate_fn=collate_pair,
+                          pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
 
     def _eval_loader(self, name: str) -> DataLoader:
         return DataLoader(self._dataset(name), batch_size=self.eval_batch_size, shuffle=False,

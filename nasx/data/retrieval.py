@@ -37,8 +37,7 @@ from nasx.data.crops import CropDataset, carve_records
 from nasx.data.face import IJBC, IJBC_META, ijbc_dataset, imdb_face_dataset, load_ijbc, load_imdb_face
 from nasx.data.fashion import (FashionItem, deepfashion2_dataset, fashion_classes, fashion_gallery, fashion_queries,
                                load_deepfashion2)
-from nasx.data.imagenet import EpochSampler
-from nasx.data.memory import calibration_indices
+from nasx.data.memory import EpochSampler, calibration_indices
 from nasx.errors import ConfigError, DatasetError
 
 
