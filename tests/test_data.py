@@ -323,3 +323,21 @@ def test_a_fit_augments_the_same_whatever_ran_before_it_in_the_process():
     second = fit(dm)  # same process, same data module, after another fit
     assert first == second
     assert fit(DigitsDataModule(seed=1)) != first
+
+
+def test_the_in_memory_shuffle_is_a_function_of_seed_and_epoch_and_keeps_the_dataloader_order():
+    """A resumed fit must draw epoch e's order without having drawn epochs 0..e-1 (SeededShuffle.set_epoch); and the
+    order is the one torch's seeded shuffling DataLoader gave before, so earlier results still reproduce."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from nasx.data.memory import SeededShuffle
+
+    n, seed = 53, 7
+    loader = DataLoader(list(range(n)), batch_size=n, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    expected = [next(iter(loader)).tolist() for _ in range(4)]
+    for epoch in (3, 0, 2, 1):  # any order of set_epoch calls: no hidden state
+        sampler = SeededShuffle(n, seed)
+        sampler.set_epoch(epoch)
+        assert list(sampler) == expected[epoch]
+    assert expected[0] != expected[1] and sorted(expected[2]) == list(range(n))

@@ -113,6 +113,32 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randperm(len(self.dataset), generator=g).tolist())
 
 
+class SeededShuffle(Sampler[int]):
+    """Epoch e's order of 0..n-1 is the one ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))`` draws
+    in its e-th epoch (what the in-memory loaders used before resume had to be exact, so existing results stand), but
+    recomputed from (seed, e) alone: Lightning calls ``set_epoch`` before every epoch, so a fit resumed at epoch e draws
+    epoch e's order, where a generator seeded once per fit would replay epoch 0's.
+
+    That loader drew, per epoch, its workers' base seed and then the permutation from the one generator; the replay
+    makes the same two draws per epoch (``tests/test_resume.py`` checks it against torch's DataLoader)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = int(n), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch + 1):
+            torch.empty((), dtype=torch.int64).random_(generator=g)  # the loader's base seed for its workers
+            perm = torch.randperm(self.n, generator=g)
+        return iter(perm.tolist())
+
+
 class InMemoryDataModule(L.LightningDataModule, ABC):
     """Base for data sets small enough to keep every split in memory.
 
@@ -189,8 +215,8 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
     def train_dataloader(self) -> DataLoader:
         ds = self._dataset("train")
         # a split smaller than one batch would otherwise yield zero steps under drop_last
-        # the order is a function of (seed, epoch), and the loader's own generator keeps it off the global RNG
-        return DataLoader(ds, batch_size=min(self.batch_size, len(ds)), sampler=EpochSampler(ds, self.seed),
+        # the order is a function of (seed, epoch); the loader's own generator keeps its draws off the global RNG
+        return DataLoader(ds, batch_size=min(self.batch_size, len(ds)), sampler=SeededShuffle(len(ds), self.seed),
                           drop_last=True, num_workers=0, collate_fn=collate_pair,
                           pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(self.seed))
 
