@@ -7,6 +7,7 @@ loses nothing written), fsynced once per search round; a reader drops a torn las
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+
+from nasx.errors import ArtifactError
+
+log = logging.getLogger("nasx")
 
 
 _UMASK = os.umask(0)
@@ -91,22 +96,92 @@ def fsync(path: Path) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All complete records; a torn last line (the run was killed mid-write) is dropped."""
+    """All complete records. A torn last line (the run was killed while appending it) is dropped with a warning
+    naming its line; any other line that is not a JSON object is an :class:`~nasx.errors.ArtifactError` naming it."""
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"'{path}' is unreadable ({type(e).__name__}); {_redo_hint(path)}") from None
     records = []
-    lines = path.read_text().splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not a JSON record") from None
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif i == len(lines) - 1 and record is None:
+            log.warning("%s:%d: torn last line (the run was killed while writing it): dropped, and its candidate "
+                        "is evaluated again", path, i + 1)
+        else:
+            raise ArtifactError(f"'{path}' line {i + 1} is not a JSON record; {_redo_hint(path)}")
     return records
+
+
+def _redo_hint(path: Path) -> str:
+    """What to delete so that the stage that wrote ``path`` writes it again."""
+    path = Path(path)
+    if path.name == "history.jsonl":
+        return f"delete it and '{path.parent / 'state.pt'}' and the search restarts"
+    if path.name == "state.pt":
+        return "delete it and the search restarts from its first generation (evaluations in history.jsonl are reused)"
+    done = path.parent / "done.json"
+    if path.name != "done.json" and done.exists():
+        return f"delete it and '{done}' and its stage redoes it"
+    return "delete it and its stage redoes it"
+
+
+def check_readable(path: Path) -> None:
+    """A run's artifact can be read back: a torch file (``.pt``, ``.ckpt``) is a complete zip archive whose members
+    pass their CRC check, a ``.json`` file parses, a ``.jsonl`` file has only JSON records (a torn last line is
+    allowed). Raises :class:`~nasx.errors.ArtifactError` naming the file and what to delete."""
+    path = Path(path)
+    if path.suffix in (".pt", ".ckpt"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise ArtifactError(f"'{path}' is unreadable (truncated or not a torch file: {type(e).__name__}); "
+                                f"{_redo_hint(path)}") from None
+        if bad is not None:
+            raise ArtifactError(f"'{path}' is corrupt (member {bad} fails its CRC check); {_redo_hint(path)}")
+    elif path.suffix == ".json":
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError, OSError) as e:
+            raise ArtifactError(f"'{path}' is not valid JSON ({type(e).__name__}); {_redo_hint(path)}") from None
+    elif path.suffix == ".jsonl":
+        read_jsonl(path)
+
+
+def check_run(run_dir: Path) -> None:
+    """Every artifact of a run directory can be read back (:func:`check_readable`), checked before a resumed run
+    does anything, so a corrupt file stops it with one line instead of a traceback stages later. Loggers' own
+    directories (W&B, TensorBoard, CSV) are not nasx's artifacts and are skipped."""
+    run_dir = Path(run_dir)
+    for p in sorted(run_dir.rglob("*")):
+        rel = p.relative_to(run_dir).parts
+        if not p.is_file() or rel[0].startswith(".") or p.name.startswith(".") or \
+                any(part in ("logs", "wandb", "lightning_logs", "tensorboard") for part in rel[:-1]):
+            continue
+        if p.suffix in (".pt", ".ckpt", ".json", ".jsonl"):
+            check_readable(p)
+
+
+def remove_stale_tmp(run_dir: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp*``) that a writer killed between writing and renaming left behind;
+    only safe when no other process writes into ``run_dir``. Returns what was removed."""
+    stale = [p for p in Path(run_dir).rglob(".*.tmp*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> None:

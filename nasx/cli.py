@@ -26,20 +26,35 @@ def _key(override: str) -> str:
 
 def resume_argv(argv: list[str]) -> list[str]:
     """Rewrite ``resume=<dir> ...`` into the run's original overrides + the new ones + ``hydra.run.dir=<dir>``."""
+    from nasx.errors import ConfigError
+
     resume = [a for a in argv if _key(a) == "resume"]
     if not resume:
         return argv
     run_dir = Path(resume[-1].split("=", 1)[1])
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume={run_dir}: no such directory (give the directory of a run, e.g. "
+                          f"outputs/<name>/<time>)")
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
-        sys.exit(f"nasx: error: resume={run_dir}: not a nasx run directory (no {overrides_file})")
-    original = yaml.safe_load(overrides_file.read_text()) or []
+        raise ConfigError(f"resume={run_dir}: not a nasx run directory (no {overrides_file})")
+    try:
+        original = yaml.safe_load(overrides_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"resume={run_dir}: '{overrides_file}' is unreadable ({type(e).__name__}); it lists the "
+                          f"run's overrides: restore it, or start a new run") from None
+    if original is None:
+        original = []
+    if not isinstance(original, list) or not all(isinstance(o, str) and "=" in o for o in original):
+        raise ConfigError(f"resume={run_dir}: '{overrides_file}' is not a list of key=value overrides; it lists the "
+                          f"run's overrides: restore it, or start a new run")
     new_keys = {_key(a) for a in argv}
     kept = [o for o in original if _key(o) not in new_keys and _key(o) not in ("resume", "hydra.run.dir")]
     return kept + argv + [f"hydra.run.dir={run_dir}"]
 
 
 MAX_DIRNAME = 120  # characters of a sweep job's directory name (file systems allow 255 bytes)
+_SWEPT: list[str] = []  # the keys a `nasx -m` command line sweeps, in its order (set by main)
 
 
 def short_dirname(name: str) -> str:
@@ -52,32 +67,124 @@ def short_dirname(name: str) -> str:
     return f"{name[:MAX_DIRNAME - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def main() -> None:
+def job_dirname(overrides, exclude=()) -> str:
+    """A sweep job's directory name from its overrides (``hydra.overrides.task``): the swept keys first, in the
+    command line's order, so that jobs are told apart by the start of their names; then the other overrides, sorted;
+    ``exclude`` keys left out. Cut and hashed by :func:`short_dirname` when long."""
+    items = {_key(o): o.lstrip("+~") for o in overrides if _key(o) not in set(exclude)}
+    swept = [k for k in _SWEPT if k in items]
+    return short_dirname(",".join([items[k] for k in swept] + [items[k] for k in sorted(items) if k not in swept]))
+
+
+def swept_keys(argv: list[str]) -> list[str]:
+    """The keys of ``argv``'s sweep overrides (``seed=1,2``, ``range(...)``, ``choice(...)``, ...)."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        overrides = [a for a in argv if "=" in a and not a.startswith("-")]  # not Hydra's flags (-m, --cfg, ...)
+        return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    except Exception:  # a malformed override: Hydra reports it itself
+        return []
+
+
+class RunGuard:
+    """What a failed command must leave as it was. A resumed run's ``.hydra/`` files and job log are put back (Hydra
+    rewrites them before nasx sees the config); the directories a fresh run created for nothing are removed."""
+
+    def __init__(self, argv: list[str]):
+        self.snapshot: dict[Path, bytes] = {}
+        run_dirs = [a.split("=", 1)[1] for a in argv if _key(a) == "hydra.run.dir"]
+        if any(_key(a) == "resume" for a in argv) and run_dirs:
+            run_dir = Path(run_dirs[-1])
+            for p in [*(run_dir / ".hydra").glob("*"), *run_dir.glob("*.log")]:
+                if p.is_file():
+                    self.snapshot[p] = p.read_bytes()
+            self.hydra_dir = run_dir / ".hydra"
+        else:
+            self.hydra_dir = None
+        outputs = [a.split("=", 1)[1] for a in argv if _key(a) == "paths.output_dir"]
+        self.output_dir = Path(outputs[-1] if outputs else "outputs").absolute()
+        self.existed = {p for p in (self.output_dir, *self.output_dir.parents) if p.exists()}
+
+    def check_output_dir(self) -> None:
+        """The output directory (or its nearest existing parent) is a writable directory: Hydra would otherwise
+        stop with a traceback when it makes the run directory."""
+        from nasx.errors import ConfigError
+
+        p = self.output_dir
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir():
+            raise ConfigError(f"paths.output_dir={self.output_dir}: '{p}' is a file, not a directory")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise ConfigError(f"paths.output_dir={self.output_dir}: '{p}' is not writable")
+
+    def failed(self, run_dir: Path | None) -> None:
+        for p, data in self.snapshot.items():
+            if not p.exists() or p.read_bytes() != data:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data)
+        if self.hydra_dir is not None:
+            for p in self.hydra_dir.glob("*"):
+                if p.is_file() and p not in self.snapshot:
+                    p.unlink()
+            return
+        # a fresh run: the runner removed its run directory; its parents made for it go too, if empty
+        d = Path(run_dir).absolute() if run_dir is not None else None
+        while d is not None and d not in self.existed and d != d.parent:
+            if d.is_dir():
+                if any(d.iterdir()):
+                    break
+                d.rmdir()
+            d = d.parent
+
+
+def _fail(e: BaseException) -> None:
+    print(f"nasx: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script. ``argv`` (default ``sys.argv[1:]``) lets tests drive it in-process."""
     from importlib.util import find_spec
 
+    from nasx.errors import NasxError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     config_path = f"pkg://{CONF_PKG}" if find_spec(CONF_PKG) else str(CONF_DIR) if CONF_DIR.is_dir() else None
     if config_path is None:
-        sys.exit(f"nasx: error: configs not found: no package {CONF_PKG} and no directory {CONF_DIR} (reinstall nasx)")
-    sys.argv = [sys.argv[0]] + resume_argv(sys.argv[1:])
+        _fail(f"configs not found: no package {CONF_PKG} and no directory {CONF_DIR} (reinstall nasx)")
+    try:
+        argv = resume_argv(argv)
+        guard = RunGuard(argv)
+        guard.check_output_dir()
+    except NasxError as e:
+        _fail(e)
+    _SWEPT[:] = swept_keys(argv)
+    prog = sys.argv[0] if sys.argv else "nasx"
+    sys.argv = [prog] + argv
     os.environ.setdefault("WANDB_MODE", "offline")
 
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
     if not OmegaConf.has_resolver("nasx_dirname"):
-        OmegaConf.register_new_resolver("nasx_dirname", short_dirname)
+        OmegaConf.register_new_resolver("nasx_dirname", job_dirname)
 
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
-        from nasx.errors import NasxError
         from nasx.runner import results_table, run
 
         _quiet_libraries()  # after the imports: importing Lightning sets its own log level
+        run_dir = OmegaConf.select(cfg, "paths.run_dir", default=None)
         try:
             results = run(cfg)
         except NasxError as e:
-            print(f"nasx: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            guard.failed(run_dir)
+            _fail(e)
+        except BaseException:
+            guard.failed(run_dir)
+            raise
         if results:
             print_table(results_table(cfg, results))
 

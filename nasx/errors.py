@@ -21,6 +21,11 @@ class DatasetError(NasxError):
     """A dataset path is missing or malformed. The message names the path and the layout expected."""
 
 
+class ArtifactError(NasxError):
+    """A file a run wrote earlier is unreadable (truncated, emptied, overwritten). The message names the file and
+    what to delete for its stage to redo it."""
+
+
 class NonFiniteLossError(NasxError):
     """Training produced a NaN or infinite loss; a checkpoint was written before stopping."""
 

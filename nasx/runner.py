@@ -11,19 +11,20 @@ Lightning starts for ranks > 0 only take part in the training stage; rank 0 alon
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nasx import artifacts
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import ConfigError, NasxError
 from nasx.rewards import make_reward
-from nasx.stages import device_of
+from nasx.stages import build, device_of
+from nasx.training.base import SCHEDULES
 
 log = logging.getLogger("nasx")
 STAGES = ("train", "search", "retrain", "evaluate")
@@ -50,10 +51,10 @@ class Run:
         self.is_ddp_worker = is_ddp_worker()
         check_config(cfg)
         method.check_config(cfg)
-        self.data = instantiate(cfg.data)
+        self.data = build(cfg.data, "data")
         self.data.check()
-        self.space: SearchSpace = instantiate(cfg.space, in_channels=self.data.in_channels,
-                                              num_classes=self.data.num_classes)
+        self.space: SearchSpace = build(cfg.space, "space", in_channels=self.data.in_channels,
+                                        num_classes=self.data.num_classes)
         self.budget = Budget(mflops=cfg.budget.mflops, params=cfg.budget.params)
         self.space.check_feasible(self.budget)
         self.reward = make_reward(cfg.reward)
@@ -65,26 +66,79 @@ class Run:
         """``arch=`` is a JSON file (e.g. a run's search/best.json) or an arch string as nasx prints it."""
         p = Path(str(value))
         if p.is_file():
-            return self.space.validate(Arch.from_json(p.read_text(), where=str(p)), where=str(p))
-        if ":" in str(value) and "=" in str(value):
-            return self.space.validate(Arch.from_str(str(value), where="arch"), where="arch")
-        raise ConfigError(f"arch: no such file '{p}' (expected a JSON arch such as a run's search/best.json, or an "
-                          f"arch string such as '{self.space.name}:g0=1,...')")
+            try:
+                text = p.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"arch: '{p}' is unreadable ({type(e).__name__})") from None
+            arch, where = self.space.validate(Arch.from_json(text, where=str(p)), where=str(p)), str(p)
+        elif ":" in str(value) and "=" in str(value):
+            arch, where = self.space.validate(Arch.from_str(str(value), where="arch"), where="arch"), "arch"
+        else:
+            raise ConfigError(f"arch: no such file '{p}' (expected a JSON arch such as a run's search/best.json, or "
+                              f"an arch string such as '{self.space.name}:g0=1,...')")
+        cost = self.space.cost(arch)
+        if not self.budget.admits(cost):
+            raise ConfigError(f"arch: '{where}' costs {cost.mflops:.3f} MFLOPs and {cost.params / 1e6:.4f} M params, "
+                              f"over the budget {self.budget}; retrain it anyway with budget=none")
+        return arch
 
 
 def check_stages(cfg: DictConfig) -> None:
+    if not OmegaConf.is_list(cfg.get("stages")):
+        raise ConfigError(f"stages must be a list such as [train,search] (accepted: {', '.join(STAGES)}), got "
+                          f"{cfg.get('stages')!r}")
+    if not cfg.stages:
+        raise ConfigError(f"stages is empty: nothing to run (accepted: {', '.join(STAGES)})")
     bad = [s for s in cfg.stages if s not in STAGES]
     if bad:
         raise ConfigError(f"stages: unknown stage '{bad[0]}' (accepted: {', '.join(STAGES)})")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_training_group(cfg: DictConfig, group: str) -> None:
+    """The optimiser and schedule keys of a training group (``train``, ``retrain``, ``gallery``)."""
+    c = cfg.get(group)
+    if not isinstance(c, DictConfig):
+        return
+    checks = (("epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+              ("warmup_epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+              ("lr", lambda v: _number(v) and v > 0, "a positive number"),
+              ("momentum", lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+              ("weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+              ("schedule", lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"))
+    for key, ok, what in checks:
+        if key in c and not ok(c[key]):
+            raise ConfigError(f"{group}.{key} must be {what}, got {c[key]!r}")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    ok = devices == "auto" or devices == -1 or (_integer(devices) and devices > 0) or \
+        (OmegaConf.is_list(devices) and len(devices) > 0 and all(_integer(d) and d >= 0 for d in devices))
+    if not ok:
+        raise ConfigError(f"trainer.devices must be a positive integer, -1 (all), 'auto' or a list of device "
+                          f"indices, got {devices!r}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Config errors every method shares name the key and what it accepts, before any work starts."""
     check_stages(cfg)
+    if not _integer(cfg.get("seed")):
+        raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
     for key in ("budget.mflops", "budget.params"):
         v = OmegaConf.select(cfg, key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+        if v is not None and (not _number(v) or not v > 0):
             raise ConfigError(f"{key} must be a positive number or null, got {v!r}")
+    for group in ("train", "retrain", "gallery"):
+        check_training_group(cfg, group)
+    check_trainer(cfg)
 
 
 def _remove_empty_run_dir(run_dir: Path) -> None:
@@ -101,19 +155,27 @@ def _remove_empty_run_dir(run_dir: Path) -> None:
         pass
 
 
-def start(cfg: DictConfig, method) -> Run:
-    """Validate and set up a run. A bad config leaves no run directory behind; a fresh run records its composed
-    config in ``config.yaml`` (resume reads it)."""
+def start(cfg: DictConfig) -> Run:
+    """Validate and set up a run before any stage touches it. A bad config leaves no run directory behind; an existing
+    run is left exactly as it was (its artifacts are checked readable first). A fresh run records its composed config
+    in ``config.yaml``; a resumed one loses the temporary files of writes a kill interrupted."""
     run_dir = Path(cfg.paths.run_dir)
     fresh = not (run_dir / "config.yaml").exists()
+    resumed = bool(cfg.get("resume"))  # a resumed run's directory is never removed, even one killed before config.yaml
     try:
-        r = Run(cfg, method)
+        check_stages(cfg)
+        if not fresh:
+            artifacts.check_run(run_dir)
+        r = Run(cfg, make_method(cfg))
     except NasxError:
-        if fresh:
+        if fresh and not resumed:
             _remove_empty_run_dir(run_dir)
         raise
     if fresh:
         artifacts.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    else:
+        for p in artifacts.remove_stale_tmp(run_dir):
+            log.info("removed %s, left by a write that a kill interrupted", p)
     return r
 
 
@@ -123,20 +185,19 @@ def make_method(cfg: DictConfig):
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError("method must be a config with a _target_ (choose one with method=<name>, e.g. method=spos; "
                           "see conf/method/)")
-    return instantiate(node, _convert_="object")
+    return build(node, "method", _convert_="object")
 
 
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg.stages`` in ``cfg.paths.run_dir``. Returns the results (empty unless evaluate is a stage)."""
-    method = make_method(cfg)
     if is_ddp_worker():  # started by Lightning's DDP launcher: it only takes part in training
+        method = make_method(cfg)
         r = Run(cfg, method)
         if "train" in cfg.stages:
             method.train(r)
         return {}
-    if not cfg.stages:
-        raise ConfigError(f"stages is empty: nothing to run (accepted: {', '.join(STAGES)})")
-    r = start(cfg, method)
+    r = start(cfg)
+    method = r.method
     results = {}
     for stage in STAGES:
         if stage not in cfg.stages:

@@ -13,13 +13,27 @@ from omegaconf import DictConfig
 
 from nasx import artifacts
 from nasx.arch import Arch
-from nasx.errors import ConfigError, NasxError
+from nasx.errors import ConfigError, NasxError, one_line
 from nasx.evaluation import ClassificationEvaluator
 from nasx.losses import Loss, make_terms, needs_reference
 from nasx.training.standalone import StandaloneTraining
 from nasx.training.supernet import SupernetTraining
 
 log = logging.getLogger("nasx")
+
+
+def build(node, where: str, **kwargs):
+    """``hydra.utils.instantiate(node, **kwargs)``, with a bad value a one-line error: a nasx error raised by the
+    target comes out unwrapped, anything else the target refuses becomes a ConfigError naming the config group."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, NasxError):
+            raise cause from None
+        raise ConfigError(f"{where}: {one_line(cause) if cause is not None else ' '.join(str(e).split())}") from None
 
 
 class AtomicCheckpointIO(L.pytorch.plugins.TorchCheckpointIO):
@@ -88,8 +102,8 @@ def make_trainer(cfg: DictConfig, stage_dir: Path, epochs: int, val: bool = Fals
     callbacks = [RngState(), SaveLast(stage_dir / "last.ckpt")]
     if cfg.progress:
         callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
-    logger = instantiate(cfg.logger, save_dir=str(stage_dir)) if cfg.logger else False
-    return instantiate(cfg.trainer, max_epochs=epochs, default_root_dir=str(stage_dir), logger=logger,
+    logger = build(cfg.logger, "logger", save_dir=str(stage_dir)) if cfg.logger else False
+    return build(cfg.trainer, "trainer", max_epochs=epochs, default_root_dir=str(stage_dir), logger=logger,
                        callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=cfg.progress,
                        enable_checkpointing=False,  # SaveLast writes the one checkpoint a stage resumes from
                        limit_val_batches=None if val else 0, num_sanity_val_steps=0, enable_model_summary=False,
@@ -124,12 +138,12 @@ def load_weights(module: torch.nn.Module, ckpt: Path, what: str) -> torch.nn.Mod
     if not ckpt.exists():
         raise NasxError(f"{what} needs '{ckpt}': run the stage that trains it first (stages=[train,...]) or point "
                         f"resume= at a run that has one")
-    state = _torch_load(ckpt)["state_dict"]
+    state = read_torch(ckpt)["state_dict"]
     module.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return module
 
 
-def _torch_load(path: Path) -> dict:
+def read_torch(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: name it and say how to recover
@@ -215,7 +229,7 @@ def load_model(run, arch: Arch, stage: str) -> torch.nn.Module:
     if not path.exists():
         raise NasxError(f"evaluate needs a retrained model at '{path}': run the {stage.split('/')[0]} stage first")
     model = run.space.supernet().extract(arch)
-    model.load_state_dict(_torch_load(path)["state_dict"])
+    model.load_state_dict(read_torch(path)["state_dict"])
     return model
 
 
@@ -228,7 +242,7 @@ def reference_model(run, group: str, build) -> torch.nn.Module:
     path = Path(g.checkpoint) if g.get("checkpoint") else run.dir / group / "model.pt"
     if path.exists():
         model = build()
-        model.load_state_dict(_torch_load(path)["state_dict"])
+        model.load_state_dict(read_torch(path)["state_dict"])
         return model.eval().requires_grad_(False)
     if g.get("checkpoint"):
         raise ConfigError(f"{group}.checkpoint: no such file '{path}' (a run's {group}/model.pt)")

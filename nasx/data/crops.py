@@ -103,6 +103,20 @@ def carve_records(records: Sequence[R], fraction: float, seed: int,
     return rest, carved
 
 
+def check_images(paths: Sequence[Path], what: str) -> None:
+    """Every image of ``paths`` exists and has a readable header (PIL identifies its format and size without
+    decoding the pixels): a run checks its test images at setup instead of failing after training. Raises
+    DatasetError naming the first bad file."""
+    for path in dict.fromkeys(Path(p) for p in paths):
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018 -- the header is parsed on open; the size proves it
+        except FileNotFoundError:
+            raise DatasetError(f"'{path}': no such image ({what})") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DatasetError(f"'{path}': cannot read image ({what}: {one_line(exc)})") from None
+
+
 def read_crop(path: Path, box: Box | None, size: int, frame: tuple[int, int] | None = None) -> Tensor:
     """One image -> float32 (3, size, size) in [0, 1]: the box (whole image if None), bilinear-resized.
 

@@ -155,13 +155,14 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
                  seed: int = 0, augment: bool = True, image_size: int = 32, shift: int = 0,
                  hflip: bool = False) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                           ("image_size", image_size)):
-            if int(value) < 1:
-                raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
+        for key, value, least in (("batch_size", batch_size, 2), ("eval_batch_size", eval_batch_size, 1),
+                                  ("image_size", image_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                why = " (BatchNorm needs two images per training batch)" if key == "batch_size" else ""
+                raise ConfigError(f"data.{key} must be an integer >= {least}{why}, got {value!r}")
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must lie strictly between 0 and 1, got {val_fraction!r}")
-        if int(shift) < 0:
+        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
             raise ConfigError(f"data.shift must be >= 0 pixels, got {shift!r}")
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.val_fraction, self.seed, self.augment = float(val_fraction), int(seed), bool(augment)

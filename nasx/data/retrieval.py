@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from nasx.data.crops import CropDataset, carve_records
+from nasx.data.crops import CropDataset, carve_records, check_images
 from nasx.data.face import IJBC, IJBC_META, ijbc_dataset, imdb_face_dataset, load_ijbc, load_imdb_face
 from nasx.data.fashion import (FashionItem, deepfashion2_dataset, fashion_classes, fashion_gallery, fashion_queries,
                                load_deepfashion2)
@@ -88,10 +88,11 @@ class CropRetrievalDataModule(L.LightningDataModule, ABC):
     def __init__(self, image_size: int, batch_size: int, eval_batch_size: int, carve_fraction: float, seed: int,
                  augment: bool, num_workers: int, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                           ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"data.{key} must be a positive integer, got {value!r}")
+        for key, value, least in (("batch_size", batch_size, 2), ("eval_batch_size", eval_batch_size, 1),
+                                  ("image_size", image_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                why = " (BatchNorm needs two images per training batch)" if key == "batch_size" else ""
+                raise ConfigError(f"data.{key} must be an integer >= {least}{why}, got {value!r}")
         if not 0.0 < carve_fraction < 1.0:
             raise ConfigError(f"data.carve_fraction must lie strictly between 0 and 1, got {carve_fraction!r}")
         if int(num_workers) < 0:
@@ -116,10 +117,16 @@ class CropRetrievalDataModule(L.LightningDataModule, ABC):
         """Parse the annotations into the training crops and the search-reward carve."""
 
     def check(self) -> None:
-        """Checks the directory layout (cheap), then reads the training annotations once to number the classes."""
+        """Checks the directory layout, reads the training annotations once to number the classes, and checks the
+        test side (annotations parse, every image's header reads), so bad test data stops the run before training."""
         self._check_layout()
         if self._train is None:
             self._load()
+            self._check_test()
+
+    @abstractmethod
+    def _check_test(self) -> None:
+        """Parse the test split's annotations and check its images readable; raises DatasetError naming the file."""
 
     def setup(self, stage: str | None = None) -> None:
         self.check()
@@ -159,9 +166,10 @@ class CropRetrievalDataModule(L.LightningDataModule, ABC):
         return [(x, y) for x, y in DataLoader(ds, batch_size=bs, sampler=idx.tolist(), num_workers=self.num_workers)]
 
     def _check_carve(self, rest: int, carved: int, what: str) -> None:
-        if rest == 0 or carved == 0:
-            raise ConfigError(f"data.carve_fraction={self.carve_fraction} of {rest + carved} {what} leaves the "
-                              f"training set or the search-reward carve empty")
+        if rest < 2 or carved < 2:
+            raise ConfigError(f"data.carve_fraction={self.carve_fraction} of {rest + carved} {what} leaves "
+                              f"{rest} for training and {carved} for the search-reward carve; each needs at least 2 "
+                              f"(BatchNorm trains on batches of two or more, a reward compares two or more)")
 
 
 class FaceDataModule(CropRetrievalDataModule):
@@ -203,6 +211,9 @@ class FaceDataModule(CropRetrievalDataModule):
         self._train = imdb_face_dataset(rest, self.image_size)
         self._val = imdb_face_dataset(carved, self.image_size)
         self._carved = carved
+
+    def _check_test(self) -> None:
+        check_images([im.path for im in self.ijbc().images], "IJB-C loose crop")
 
     def reward_set(self) -> ImageSet:
         """The carved images (face box crops), labels (N,) = identity class: the search reward's 1:1 pairs."""
@@ -267,6 +278,10 @@ class FashionDataModule(CropRetrievalDataModule):
             raise DatasetError(f"DeepFashion2 {where} has {len(queries)} user items with style > 0 (queries) and "
                                f"{len(gallery)} shop items with style > 0 (gallery); retrieval needs both")
         return _fashion_set(queries, self.image_size), _fashion_set(gallery, self.image_size)
+
+    def _check_test(self) -> None:
+        queries, gallery = self.test_sets()
+        check_images([*queries.crops.paths, *gallery.crops.paths], "DeepFashion2 validation image")
 
     def reward_sets(self) -> tuple[ImageSet, ImageSet]:
         """(queries, gallery) of the carve, labels (N, 2) = (pair_id, style): the search reward's retrieval."""

@@ -47,6 +47,8 @@ class MixPath(SPOS):
             raise ConfigError(f"search.k (models taken from the Pareto front) must be a positive integer, got {k!r}")
         super().check_config(cfg)
 
+    search_dir = "search/nsga2"
+
     def setup(self, run) -> None:
         if not run.reward.multi:
             raise ConfigError("method=mixpath needs a multi-objective reward (reward.objectives), e.g. "

@@ -22,7 +22,7 @@ from nasx.losses import Loss, make_terms, needs_reference
 from nasx.methods.base import Method, ResultsTable
 from nasx.search.loop import run_search
 from nasx.search.plots import plot_search
-from nasx.stages import (chosen_arch, classification_evaluator, load_model, load_supernet, loss_of, train_standalone,
+from nasx.stages import (read_torch, chosen_arch, classification_evaluator, load_model, load_supernet, loss_of, train_standalone,
                          train_supernet)
 
 
@@ -52,6 +52,11 @@ class SPOS(Method):
         self.check_loss(run, "train")
         self.check_loss(run, "retrain")
         run.strategy = self.make_strategy(run)
+        saved = run.dir / self.search_dir / "state.pt"
+        if saved.exists():  # a resumed run: a state of another strategy or space fails now, not after training
+            run.strategy.load_state_dict(read_torch(saved)["strategy"])
+
+    search_dir = "search"  # where the main search writes history.jsonl and state.pt, under the run directory
 
     def metrics(self, run) -> list[str]:
         """What this method's evaluator produces (a reward may name only these and the cost)."""
@@ -68,7 +73,11 @@ class SPOS(Method):
                 raise ConfigError(f"search.strategy {factory.func.__name__} optimises several objectives: choose a "
                                   f"multi-objective reward such as reward=acc_mflops")
             extra["n_objectives"] = run.reward.n_objectives
-        return factory(space=run.space, budget=run.budget, seed=run.cfg.seed, **extra)
+        try:
+            return factory(space=run.space, budget=run.budget, seed=run.cfg.seed, **extra)
+        except TypeError as e:  # a key of another strategy (e.g. search=random under evolution's settings)
+            raise ConfigError(f"search.strategy: {factory.func.__name__} refuses its settings ({e}); remove the "
+                              f"key with ~search.strategy.<key>") from None
 
     has_reference = False  # CMP-NAS's gallery, REG-NAS's old model: a frozen model loss terms may use
 
