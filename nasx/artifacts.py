@@ -175,10 +175,13 @@ def check_run(run_dir: Path) -> None:
             check_readable(p)
 
 
-def remove_stale_tmp(run_dir: Path) -> list[Path]:
-    """Delete the temporary files (``.<name>.*.tmp*``) that a writer killed between writing and renaming left behind;
-    only safe when no other process writes into ``run_dir``. Returns what was removed."""
-    stale = [p for p in Path(run_dir).rglob(".*.tmp*") if p.is_file()]
+def remove_stale_tmp(root: Path, name: str | None = None) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp*``) that writers killed between writing and renaming left behind:
+    every one under ``root``, or with ``name`` only those of ``root/<name>``. Only safe when no other process is
+    writing the same files. Returns what was removed."""
+    pattern = f".{name}.*.tmp*" if name is not None else ".*.tmp*"
+    found = Path(root).glob(pattern) if name is not None else Path(root).rglob(pattern)
+    stale = [p for p in found if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
