@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     """The console script. ``argv`` (default ``sys.argv[1:]``) lets tests drive it in-process."""
     from importlib.util import find_spec
 
-    from nasx.errors import NasxError
+    from nasx.errors import NasxError, one_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = f"pkg://{CONF_PKG}" if find_spec(CONF_PKG) else str(CONF_DIR) if CONF_DIR.is_dir() else None
@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
         except NasxError as e:
             guard.failed(run_dir)
             _fail(e)
+        except OSError as e:  # the machine refused a file operation (read-only or full disk, permissions)
+            guard.failed(run_dir)
+            where = f"'{e.filename}': " if e.filename else ""
+            then = f"; fix it, then nasx resume={run_dir}" if run_dir and (Path(run_dir) / "config.yaml").exists() \
+                else ""
+            _fail(f"{where}{e.strerror or one_line(e)} ({type(e).__name__}){then}")
         except BaseException:
             guard.failed(run_dir)
             raise

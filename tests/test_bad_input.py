@@ -303,6 +303,18 @@ def test_stale_temporary_files_of_a_killed_write_are_gone_after_a_resume(run_cop
     assert not list(run_copy.rglob("*.tmp*"))
 
 
+def test_a_write_the_machine_refuses_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """A read-only or full disk (root ignores chmod, so it is simulated): one line, exit 2, the file named."""
+    import nasx.artifacts
+
+    def refuse(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(nasx.artifacts, "write_text", refuse)
+    code, _, err = cli([*FRESH, f"paths.output_dir={tmp_path}/outputs"], capsys)
+    assert re.search(r"config\.yaml': Permission denied", one_error_line(code, err))
+
+
 # -- data on the test side is checked at setup, before any training ---------------------------------------------------
 @pytest.fixture(scope="module")
 def retrieval_data(tmp_path_factory):
