@@ -318,14 +318,9 @@ def test_a_write_the_machine_refuses_is_one_line_naming_the_file(tmp_path, capsy
 # -- data on the test side is checked at setup, before any training ---------------------------------------------------
 @pytest.fixture(scope="module")
 def retrieval_data(tmp_path_factory):
-    from test_cmp_nas_real import write_deepfashion2, write_ijbc, write_imdb_face
+    from test_cmp_nas_real import write_retrieval_data
 
-    root = tmp_path_factory.mktemp("retrieval")
-    write_imdb_face(root / "imdb_face")
-    write_ijbc(root / "ijbc")
-    write_deepfashion2(root / "deepfashion2", "train", range(1, 11))
-    write_deepfashion2(root / "deepfashion2", "validation", range(101, 106))
-    return root
+    return write_retrieval_data(tmp_path_factory.mktemp("retrieval"))
 
 
 def _ijbc_pairs_garbage(root):

@@ -87,14 +87,18 @@ def write_deepfashion2(root: Path, split: str, pair_ids: range) -> None:
             _write(root / split / "annos" / f"{n:06d}.json", json.dumps({"source": source, "pair_id": p, **items}))
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
+def write_retrieval_data(root: Path) -> Path:
+    """IMDb-Face, IJB-C and DeepFashion2 (train and validation) fixtures under ``root``, in the real layouts."""
     write_imdb_face(root / "imdb_face")
     write_ijbc(root / "ijbc")
     write_deepfashion2(root / "deepfashion2", "train", range(1, 11))
     write_deepfashion2(root / "deepfashion2", "validation", range(101, 106))
     return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_retrieval_data(tmp_path_factory.mktemp("data"))
 
 
 def _face(data_dir: Path, **kw) -> FaceDataModule:
