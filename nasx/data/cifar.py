@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from nasx.data.memory import InMemoryDataModule, carve
@@ -127,14 +126,7 @@ class CIFARDataModule(InMemoryDataModule):
         x_train, y_train = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         x_test, y_test = load_cifar_batch(test_file, self.label_key, self.num_classes)
         if self.image_size != 32:
-            x_train, x_test = self._resize(x_train), self._resize(x_test)
+            x_train, x_test = self.resize(x_train), self.resize(x_test)
         keep, val = carve(len(y_train), self.val_fraction, torch.Generator().manual_seed(self.seed))
         return {"train": (x_train[keep], y_train[keep]), "val": (x_train[val], y_train[val]),
                 "test": (x_test, y_test)}
-
-    def _resize(self, x: Tensor) -> Tensor:
-        """uint8 (N, 3, 32, 32) -> float32 (N, 3, S, S), still in 0..255 units."""
-        size = (self.image_size, self.image_size)
-        # chunks bound the peak of the float copy; antialiasing avoids aliasing when shrinking
-        return torch.cat([F.interpolate(c.float(), size=size, mode="bilinear", align_corners=False,
-                                        antialias=self.image_size < 32) for c in x.split(8192)])

@@ -411,14 +411,8 @@ class ClutteredDigitsDataModule(InMemoryDataModule):
         data = load_or_generate(self.root, self.data_seed, self.n_train, self.n_test, self.recipe)
         x_train, x_test = data["x_train"], data["x_test"]
         if self.image_size != SIZE:
-            x_train, x_test = self._resize(x_train), self._resize(x_test)
+            x_train, x_test = self.resize(x_train), self.resize(x_test)
         y_train, y_test = data["y_train"], data["y_test"]
         keep, val = carve(len(y_train), self.val_fraction, torch.Generator().manual_seed(self.data_seed))
         return {"train": (x_train[keep], y_train[keep]), "val": (x_train[val], y_train[val]),
                 "test": (x_test, y_test)}
-
-    def _resize(self, x: Tensor) -> Tensor:
-        """uint8 (N, 3, 32, 32) -> float32 (N, 3, S, S), still in 0..255 units."""
-        size = (self.image_size, self.image_size)
-        return torch.cat([F.interpolate(c.float(), size=size, mode="bilinear", align_corners=False,
-                                        antialias=self.image_size < SIZE) for c in x.split(8192)])

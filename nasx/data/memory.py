@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -200,6 +201,13 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         std = (total_sq / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)
         self.mean, self.std = mean.float(), std.float()
         self._raw = raw
+
+    def resize(self, x: Tensor) -> Tensor:
+        """Stored images (N, C, H, W) in any units -> float32 (N, C, image_size, image_size) in the same units,
+        bilinear (antialiased when shrinking), in chunks that bound the float copy's peak memory."""
+        size = (self.image_size, self.image_size)
+        return torch.cat([F.interpolate(c.float(), size=size, mode="bilinear", align_corners=False,
+                                        antialias=self.image_size < x.shape[-1]) for c in x.split(8192)])
 
     def _dataset(self, name: str) -> TensorPairDataset:
         if name not in SPLITS:
