@@ -1,6 +1,7 @@
 """``nasx`` console script (also ``python -m nasx``): Hydra composes the config, :func:`nasx.runner.run` runs it, and the method's
 results table is printed.
 
+``nasx compare <run or sweep dir>...`` tables the runs' results side by side (:mod:`nasx.compare`).
 ``nasx resume=<run dir> [overrides]`` continues a killed run in its own directory with its own overrides (read from
 ``<run dir>/.hydra/overrides.yaml``); overrides given now win, e.g. ``nasx resume=<dir> stages=[search]``.
 User errors (:class:`nasx.errors.NasxError`) print one line and exit with status 2.
@@ -151,6 +152,14 @@ def main(argv: list[str] | None = None) -> None:
     from nasx.errors import NasxError, one_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:  # `nasx compare <dirs>`: no Hydra, no run
+        from nasx.compare import main as compare
+
+        try:
+            compare(argv[1:])
+        except NasxError as e:
+            _fail(e)
+        return
     config_path = f"pkg://{CONF_PKG}" if find_spec(CONF_PKG) else str(CONF_DIR) if CONF_DIR.is_dir() else None
     if config_path is None:
         _fail(f"configs not found: no package {CONF_PKG} and no directory {CONF_DIR} (reinstall nasx)")
