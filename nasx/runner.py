@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nasx import artifacts
+from nasx import artifacts, tracking
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import ConfigError, NasxError
 from nasx.rewards import make_reward
@@ -199,15 +199,17 @@ def run(cfg: DictConfig) -> dict:
     r = start(cfg)
     method = r.method
     results = {}
-    for stage in STAGES:
-        if stage not in cfg.stages:
-            continue
-        log.info("stage %s", stage)
-        out = getattr(method, stage)(r)
-        if stage == "train" and _global_rank() != 0:
-            return {}  # a DDP rank > 0 that shares this process's entry point: rank 0 alone goes on
-        if stage == "evaluate":
-            results = out
+    with tracking.track(r) as tracker:  # the configured experiment tracker (W&B), fed from the run directory
+        for stage in STAGES:
+            if stage not in cfg.stages:
+                continue
+            log.info("stage %s", stage)
+            out = getattr(method, stage)(r)
+            if stage == "train" and _global_rank() != 0:
+                return {}  # a DDP rank > 0 that shares this process's entry point: rank 0 alone goes on
+            tracker.stage_done(stage)
+            if stage == "evaluate":
+                results = out
     return results
 
 
