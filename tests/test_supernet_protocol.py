@@ -13,7 +13,7 @@ from nasx.spaces import Supernet
 
 
 @pytest.mark.parametrize("preset", ["shufflenet_cpu", "nss_cpu", "mixpath_s1_cpu", "mixpath_s3_cpu",
-                                    "mixpath_s4_cpu"])
+                                    "mixpath_s4_cpu", "vit_cpu"])
 def test_every_supernet_is_its_classifier_after_its_features_and_extracts_the_same(preset, tmp_path):
     space = instantiate(compose([f"space={preset}"], tmp_path).space, in_channels=1, num_classes=10)
     torch.manual_seed(0)
