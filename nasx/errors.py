@@ -4,6 +4,15 @@
 class NasxError(Exception):
     """Base class of every user-facing error (bad config, bad input file, infeasible budget)."""
 
+    def __init__(self, *args):
+        # torch re-raises an error from a DataLoader worker as type(error)("Caught <type> in DataLoader worker
+        # process k.\nOriginal Traceback ...\n<module>.<type>: <message>"); keep it one line: the message
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
+                and "\nOriginal Traceback" in args[0]:
+            last = [line for line in args[0].splitlines() if line.strip()][-1]
+            args = (last.partition(": ")[2] or last,)
+        super().__init__(*args)
+
 
 class ConfigError(NasxError):
     """A config key holds a value nasx cannot use. The message names the key and what it accepts."""

@@ -53,6 +53,9 @@ class Run:
         method.check_config(cfg)
         self.data = build(cfg.data, "data")
         self.data.check()
+        if getattr(self.data, "video", False) and not _takes_video(cfg.space):
+            raise ConfigError(f"data: {type(self.data).__name__} gives video clips (B, T, C, H, W) and space "
+                              f"{cfg.space.get('_target_')} takes images (B, C, H, W); use a space that takes video")
         self.space: SearchSpace = build(cfg.space, "space", in_channels=self.data.in_channels,
                                         num_classes=self.data.num_classes)
         self.budget = Budget(mflops=cfg.budget.mflops, params=cfg.budget.params)
@@ -81,6 +84,17 @@ class Run:
             raise ConfigError(f"arch: '{where}' costs {cost.mflops:.3f} MFLOPs and {cost.params / 1e6:.4f} M params, "
                               f"over the budget {self.budget}; retrain it anyway with budget=none")
         return arch
+
+
+def _takes_video(space_cfg: DictConfig) -> bool:
+    """Whether the space class names ``video = True`` (its supernet takes clips (B, T, C, H, W)); an unresolvable
+    ``_target_`` counts as yes, so that building the space reports it."""
+    from hydra.utils import get_class
+
+    try:
+        return bool(getattr(get_class(str(space_cfg.get("_target_"))), "video", False))
+    except Exception:  # noqa: BLE001 - hydra raises several types for a bad path
+        return True
 
 
 def check_stages(cfg: DictConfig) -> None:

@@ -144,7 +144,8 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
     """Base for data sets small enough to keep every split in memory.
 
     Subclasses set ``in_channels``/``num_classes`` in ``__init__`` and implement ``_load`` returning raw
-    splits {"train","val","test"} -> (x (N, C, image_size, image_size) in any units, y (N,) int64).
+    splits {"train","val","test"} -> (x (N, C, image_size, image_size) in any units, y (N,) int64); video clips
+    x (N, T, C, image_size, image_size) work too (statistics over all frames; no device augmentation for them).
     Batches are normalised with the per-channel mean/std of the train split. When ``augment`` is set,
     training batches are shifted by up to ``shift`` pixels (and mirrored if ``hflip``) on the device.
     """
@@ -189,6 +190,8 @@ class InMemoryDataModule(L.LightningDataModule, ABC):
         self.check()
         raw = self._load()
         x = raw["train"][0]
+        if x.dim() == 5:  # video clips (N, T, C, H, W): per-channel statistics over all frames
+            x = x.flatten(0, 1)
         total = torch.zeros(x.shape[1], dtype=torch.float64)
         total_sq = torch.zeros_like(total)
         for chunk in x.split(4096):  # chunks keep the float64 copy small for CIFAR-sized splits
