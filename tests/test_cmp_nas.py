@@ -156,3 +156,24 @@ def test_the_gallery_model_is_a_function_of_the_seed_not_of_the_process(tmp_path
     a, b, c = gallery(0, 1), gallery(0, 2), gallery(1, 1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_reward_gallery_draws_a_seeded_subset_of_the_training_split_and_none_keeps_it_all(tmp_path):
+    from nasx.methods.cmp_nas import reward_gallery
+    from nasx.runner import Run, make_method
+
+    x, y = torch.arange(50.0).view(50, 1), torch.arange(50) % 10
+    assert reward_gallery((x, y), None, 0)[0] is x and reward_gallery((x, y), 80, 0)[0] is x
+    gx, gy = reward_gallery((x, y), 20, 3)
+    assert len(gx) == len(gy) == 20 and len(set(gx.flatten().tolist())) == 20
+    assert gx.flatten().tolist() == sorted(gx.flatten().tolist()) and torch.equal(gy, y[gx.flatten().long()])
+    assert torch.equal(gx, reward_gallery((x, y), 20, 3)[0]) and not torch.equal(gx, reward_gallery((x, y), 20, 4)[0])
+    # through the config: the search reward's gallery has search.reward_gallery images; a bad size is a config error
+    from nasx.methods.cmp_nas import reward_data
+
+    cfg = compose(["experiment=cmp_nas_digits", "space.input_size=16", "+search.reward_gallery=100"], tmp_path)
+    r = Run(cfg, make_method(cfg))
+    r.data.setup("fit")
+    assert len(reward_data(r).gallery) == 100 and len(reward_data(r).queries) == len(r.data.split("val")[1])
+    with pytest.raises(ConfigError, match=r"search.reward_gallery \(the closed-set reward's gallery size\) must be"):
+        make_method(cfg).check_config(compose(["experiment=cmp_nas_digits", "+search.reward_gallery=0"], tmp_path))

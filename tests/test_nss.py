@@ -185,6 +185,69 @@ def test_nss_digits_runs_every_stage_and_writes_the_table(tmp_path):
     assert "| average |" in (tmp_path / "report.md").read_text()
 
 
+def test_bootstrap_errors_resamples_images_shared_by_cells_and_networks_within_a_cell():
+    from nasx.methods.nss import bootstrap_errors
+
+    n = 200
+    g = torch.Generator().manual_seed(0)
+    half = torch.rand(3, n, generator=g) < 0.5
+    cells = [torch.ones(2, n, dtype=torch.bool), torch.zeros(1, n, dtype=torch.bool), half, half.clone()]
+    reps = bootstrap_errors(cells, 300, seed=1, chunk=64)  # 300 is not a multiple of the chunk
+    assert reps.shape == (300, 4)
+    assert bool((reps[:, 0] == 1).all()) and bool((reps[:, 1] == 0).all())
+    assert torch.equal(reps, bootstrap_errors(cells, 300, seed=1))  # a function of the seed
+    assert reps[:, 2].mean().item() == pytest.approx(half.float().mean().item(), abs=0.02)
+    # the networks of a cell are resampled: one that is always wrong beside one never wrong spreads the replicates
+    mixed = torch.stack([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
+    spread = bootstrap_errors([mixed], 400, seed=0)[:, 0]
+    assert set(spread.unique().tolist()) == {0.0, 0.5, 1.0}
+    with pytest.raises(ValueError, match="same N test images"):
+        bootstrap_errors([half, torch.zeros(1, n + 1, dtype=torch.bool)], 10, seed=0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.trained_networks=0", r"search.trained_networks .* must be a positive integer, got 0"),
+    ("search.trained_networks=21", r"search.trained_networks \(21\) cannot exceed search.strategy.repeats \(20\)"),
+    ("search.bootstrap=-1", r"search.bootstrap .* must be an integer >= 0, got -1"),
+])
+def test_trained_networks_and_bootstrap_are_checked_before_any_work(tmp_path, override, message):
+    from nasx.runner import run
+
+    with pytest.raises(ConfigError, match=message):
+        run(compose(["experiment=nss_digits", override, *NSS_TINY], tmp_path))
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_nss_protocol_defaults_keep_one_network_per_cell_and_no_intervals(tmp_path):
+    cfg = compose(["experiment=nss_digits"], tmp_path)
+    assert cfg.search.trained_networks == 1 and cfg.search.bootstrap == 0
+
+
+@pytest.mark.slow
+def test_several_networks_per_cell_are_trained_averaged_and_bootstrapped(tmp_path):
+    from nasx.runner import run
+
+    results = run(compose(["experiment=nss_digits", *NSS_TINY, "train.targets=[1.0]", "search.strategy.repeats=3",
+                           "search.trained_networks=2", "search.bootstrap=200"], tmp_path))
+    protocol = artifacts.read_json(tmp_path / "search" / "protocol.json")["target_1"]
+    row = results["rows"][0]
+    for source in ("elite", "expanded"):
+        cell, first, second = row[source], tmp_path / "retrain" / f"target_1_{source}", \
+            tmp_path / "retrain" / f"target_1_{source}_1"
+        runs = protocol[source]["runs"]
+        assert len(runs) == 3 and runs[0]["arch"] == protocol[source]["arch"]
+        done = [artifacts.read_json(d / "result.json") for d in (first, second)]
+        assert [d["arch"] for d in done] == [runs[0]["arch"], runs[1]["arch"]]
+        assert all(len(d["wrong"]) == round(d["test_error"] * d["n_test"]) for d in done)
+        assert cell["test_errors_pct"] == pytest.approx([100 * d["test_error"] for d in done])
+        assert cell["test_error_pct"] == pytest.approx(sum(cell["test_errors_pct"]) / 2)
+        lo, hi = cell["test_error_ci"]
+        assert 0 <= lo <= hi <= 100 and lo <= cell["test_error_pct"] + 1e-9 and cell["test_error_pct"] <= hi + 1e-9
+    assert row["error_diff_pct"] == pytest.approx(row["elite"]["test_error_pct"] - row["expanded"]["test_error_pct"])
+    assert results["bootstrap"]["resamples"] == 200 and results["trained_networks"] == 2
+    assert "elite − expanded error" in (tmp_path / "report.md").read_text()
+
+
 def _write_cifar(root, variant: str, n: int = 40):
     rng = np.random.default_rng(0)
     if variant == "cifar10":

@@ -1,11 +1,15 @@
-"""CMP-NAS Tab. 1/3 on the embedded digits: the searched query model against hand-picked fixed architectures of
+"""CMP-NAS Tab. 1/3 on an embedded data set: the searched query model against hand-picked fixed architectures of
 similar MFLOPs from the same space, all retrained with BCT, homogeneous and heterogeneous top-1/5/10.
 
-Uses the BCT + R3 search of ``experiments/cmp_nas/fig1.py`` (run that first). Hand-picked: every layer the same
-block (shuffle 3×3, 5×5, 7×7 or Xception) at the one width index that brings the arch closest to the searched arch's
-MFLOPs without leaving the tier's budget.
+Uses the BCT + R3 search of ``experiments/cmp_nas/fig1.py`` with the same ``--experiment`` (run that first; its
+``--only bct_r3`` is enough). Hand-picked: every layer the same block (shuffle 3×3, 5×5, 7×7 or Xception) at the one
+width index that brings the arch closest to the searched arch's MFLOPs without leaving the tier's budget.
 
-    python experiments/cmp_nas/tab13.py       # the table in experiments/cmp_nas/RESULTS.md
+    python experiments/cmp_nas/tab13.py       # the digits table in experiments/cmp_nas/RESULTS.md
+    python experiments/cmp_nas/tab13.py --experiment cmp_nas_cluttered   # → experiments/cmp_nas/tab13_cluttered.json
+
+Default paths follow the experiment as in fig1.py: ``outputs/cmp_fig1`` and ``tab13.json`` for ``cmp_nas_digits``,
+``outputs/cmp_fig1_<name>`` and ``tab13_<name>.json`` for ``cmp_nas_<name>``.
 """
 from __future__ import annotations
 
@@ -24,19 +28,31 @@ from nasx.stages import load_model, train_standalone
 from nasx.spaces.shufflenet import BLOCKS
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
+DEFAULT_EXPERIMENT = "cmp_nas_digits"
+
+
+def default_paths(experiment: str) -> tuple[str, str]:
+    """(runs root, output JSON): fig1.py's runs root for the experiment, and tab13[_<name>].json."""
+    if experiment == DEFAULT_EXPERIMENT:
+        return "outputs/cmp_fig1", "experiments/cmp_nas/tab13.json"
+    tag = experiment.removeprefix("cmp_nas_")
+    return f"outputs/cmp_fig1_{tag}", f"experiments/cmp_nas/tab13_{tag}.json"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default="outputs/cmp_fig1")
-    ap.add_argument("--out", default="experiments/cmp_nas/tab13.json")
+    ap.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="the CMP-NAS experiment fig1.py ran")
+    ap.add_argument("--runs", default=None, help="fig1.py's runs root (default: see above)")
+    ap.add_argument("--out", default=None, help="results JSON (default experiments/cmp_nas/tab13[_<name>].json)")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (e.g. retrain.epochs=1)")
     args = ap.parse_args()
-    root = Path(args.runs).resolve()
+    runs, out = default_paths(args.experiment)
+    root, out = Path(args.runs or runs).resolve(), Path(args.out or out)
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[
-            "experiment=cmp_nas_digits", "progress=false", "train.loss.bct.weight=1", "reward=cmp_r3",
+            f"experiment={args.experiment}", "progress=false", "train.loss.bct.weight=1", "reward=cmp_r3",
             f"paths.run_dir={root / 'BCT_cmp_r3'}",
-            f"gallery.checkpoint={root / 'supernet_vanilla' / 'gallery' / 'model.pt'}"])
+            f"gallery.checkpoint={root / 'supernet_vanilla' / 'gallery' / 'model.pt'}", *args.overrides])
     method = CMPNAS()
     run = Run(cfg, method)
     gallery = method.reference(run)
@@ -62,10 +78,10 @@ def main() -> None:
         rows[name] = {"arch": str(arch), "mflops": run.space.cost(arch).mflops,
                       **retrieval_metrics(q, embed(model, gx), qy, gy, "hom"),
                       **retrieval_metrics(q, g_emb, qy, gy, "het")}
-        artifacts.write_json(Path(args.out), rows)
+        artifacts.write_json(out, rows)
     rows["paragon A(φg, φg)"] = {"arch": "gallery ResNet", "mflops": None,
                                  **retrieval_metrics(embed(gallery, qx), g_emb, qy, gy, "hom")}
-    artifacts.write_json(Path(args.out), rows)
+    artifacts.write_json(out, rows)
     print("| query model | MFLOPs | hom top-1 | hom top-5 | hom top-10 | het top-1 | het top-5 | het top-10 |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():

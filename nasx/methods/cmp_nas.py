@@ -10,7 +10,8 @@ compatibility evaluator and retrieval test protocols.
              CE(W_g(φq(x)), y)`` against φg's frozen classifier (``weight: 0`` is "vanilla") → ``train/``.
 * search   — evolution under the tier's MFLOPs budget with a compatibility reward on the search-reward split:
              ``hom`` = A(φq, φq) and ``het`` = A(φq, φg) (:mod:`nasx.evaluation.compatibility`: top-``search.reward_k`` retrieval
-             for digits and fashion, TAR@FAR=``search.reward_far`` on 1:1 pairs for face); R1 / R2 / R3 are
+             for digits — validation queries against the training split, or ``search.reward_gallery`` of its images
+             — and fashion, TAR@FAR=``search.reward_far`` on 1:1 pairs for face); R1 / R2 / R3 are
              ``conf/reward/cmp_r{1,2,3}.yaml``. φg's side is embedded once for the whole search.
 * retrain  — the winner standalone, with BCT (``retrain.loss.bct``).
 * evaluate — homogeneous and heterogeneous test metrics beside the paragon A(φg, φg): digits top-1/5/10 (test
@@ -52,7 +53,8 @@ def _check_far(v) -> None:
 REWARD_KEYS = {"reward_k": _positive_int("reward_k", "the top-k of the search reward"),
                "reward_far": _check_far,
                "reward_genuine_pairs": _positive_int("reward_genuine_pairs", "the face reward's genuine-pair cap"),
-               "reward_impostor_pairs": _positive_int("reward_impostor_pairs", "the face reward's impostor-pair cap")}
+               "reward_impostor_pairs": _positive_int("reward_impostor_pairs", "the face reward's impostor-pair cap"),
+               "reward_gallery": _positive_int("reward_gallery", "the closed-set reward's gallery size")}
 
 
 class CMPNAS(SPOS):
@@ -146,7 +148,8 @@ def reward_data(run) -> RetrievalReward | VerificationReward:
     """The search reward's images and metric for the run's protocol (see :mod:`nasx.evaluation.compatibility`)."""
     c, data = run.cfg.search, run.data
     if CMPNAS.protocol(run) == "closed_set":
-        return RetrievalReward(*data.split("val"), *data.split("train"), KS, c.reward_k)
+        return RetrievalReward(*data.split("val"), *reward_gallery(data.split("train"), c.get("reward_gallery"),
+                                                                   run.cfg.seed), KS, c.reward_k)
     if CMPNAS.protocol(run) == "fashion":
         queries, shop = data.reward_sets()
         return RetrievalReward(load_pixels(data.eval_loader(queries.crops, normalise=False)), queries.labels,
@@ -159,6 +162,17 @@ def reward_data(run) -> RetrievalReward | VerificationReward:
     log.info("search reward: %d genuine and %d impostor pairs over %d carved images", int(genuine.sum()),
              int((genuine == 0).sum()), len(used))
     return VerificationReward(pixels, pairs, genuine, c.reward_far, prepare=data.normalise)
+
+
+def reward_gallery(train: tuple[torch.Tensor, torch.Tensor], size: int | None, seed: int):
+    """The closed-set reward's gallery: the training split, or [nasx] ``search.reward_gallery`` of its images drawn
+    at random (by ``seed``, kept in split order) — every candidate embeds the gallery, so a large training split makes
+    the search cost that many forward passes per candidate. ``None`` (the default) keeps them all."""
+    x, y = train
+    if size is None or size >= len(y):
+        return x, y
+    keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    return x[keep], y[keep]
 
 
 def table(r: dict) -> tuple[list[str], list[list[str]]]:

@@ -7,8 +7,12 @@
              within the tolerance, run by the search loop (:class:`~nasx.search.elite.EliteSampling`; every draw in
              ``search/protocol/target_<T>/<source>/history.jsonl``, resumable) → ``search/protocol.json``; and ``search/elite.png``, MFLOPs against supernet
              error for networks sampled from each elite space beside networks from the expanded space.
-* retrain  — every found network trained standalone → ``retrain/<target>_<elite|expanded>/``.
-* evaluate — the Table-1 analogue (samples, |Δ| %, error) in ``results.json`` and ``report.md``.
+* retrain  — the found network of the first ``search.trained_networks`` protocol runs (1: the paper's one network)
+             of every target and source trained standalone → ``retrain/<target>_<elite|expanded>[_<k>]/`` (k ≥ 1 for
+             the second network on), each with its test error and the indices of the test images it gets wrong.
+* evaluate — the Table-1 analogue (samples, |Δ| %, error: the mean over a cell's trained networks) in
+             ``results.json`` and ``report.md``; with ``search.bootstrap`` > 0 also 95 % percentile-bootstrap
+             intervals of every cell's error, of elite − expanded per target and of the averages [nasx].
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from omegaconf import DictConfig
 
 from nasx import artifacts
 from nasx.arch import Arch, Budget
-from nasx.errors import ConfigError
-from nasx.evaluation import ClassificationEvaluator, classification_metrics, to_device
+from nasx.errors import ConfigError, NasxError
+from nasx.evaluation import ClassificationEvaluator, scored_predictions, to_device
 from nasx.evaluation.base import Evaluator
 from nasx.methods.base import Method, ResultsTable
 from nasx.rewards import WeightedSum
@@ -39,6 +43,53 @@ SOURCES = ("elite", "expanded")
 
 def _tag(target: float) -> str:
     return f"target_{target:g}"
+
+
+def _stage(target: float, source: str, k: int) -> str:
+    """The retrain stage of the k-th trained network of a cell (k = 0: the first run's, the paper's one network)."""
+    return f"retrain/{_tag(target)}_{source}" + (f"_{k}" if k else "")
+
+
+def _networks(rec: dict, k: int, where: str) -> list[dict]:
+    """The networks of the first ``k`` protocol runs of a protocol.json cell."""
+    runs = rec.get("runs", [rec])  # a protocol.json written before "runs" was recorded holds the first run only
+    if len(runs) < k:
+        raise NasxError(f"{where} records {len(runs)} protocol run(s) per cell, fewer than search.trained_networks="
+                        f"{k}: delete it and run the search stage again (its draws are reused)")
+    return runs[:k]
+
+
+def bootstrap_errors(wrong: list[torch.Tensor], resamples: int, seed: int, chunk: int = 64) -> torch.Tensor:
+    """Bootstrap replicates of the mean error of each cell, (resamples, len(wrong)).
+
+    ``wrong[c]`` (k_c, N) bool: which of the N test images each of cell c's k_c networks gets wrong. Every replicate
+    draws the N test images with replacement, shared by all cells (so differences between cells are paired), and,
+    within each cell, k_c of its networks with replacement; a cell's replicate is the mean error of the drawn networks
+    on the drawn images. The spread thus covers the test sample and which networks the protocol happened to find.
+    """
+    n = wrong[0].shape[1]
+    if any(w.dim() != 2 or w.shape[1] != n or w.shape[0] < 1 for w in wrong):
+        raise ValueError("bootstrap_errors needs (k, N) tensors over the same N test images, k >= 1")
+    flat = torch.cat([w.float() for w in wrong]).T  # (N, networks)
+    offsets = torch.tensor([0] + [w.shape[0] for w in wrong]).cumsum(0)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        counts = torch.zeros(b, n).scatter_add_(1, torch.randint(n, (b, n), generator=g), torch.ones(b, n))
+        per_net = counts @ flat / n  # (b, networks): each network's error on the drawn images
+        cells = []
+        for c, w in enumerate(wrong):
+            pick = offsets[c] + torch.randint(w.shape[0], (b, w.shape[0]), generator=g)
+            cells.append(per_net.gather(1, pick).mean(1))
+        out.append(torch.stack(cells, 1))
+    return torch.cat(out)
+
+
+def _interval(replicates: torch.Tensor) -> list[float]:
+    """The 95 % percentile interval of bootstrap replicates (fractions), in %."""
+    lo, hi = torch.quantile(replicates.double(), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return [100 * lo, 100 * hi]
 
 
 class TargetDeviation(Evaluator):
@@ -69,6 +120,17 @@ class NSS(Method):
                               f"got {t.warmup_epochs!r} and {t.epochs!r}")
         if not isinstance(cfg.search.get("strategy"), DictConfig):
             raise ConfigError("search.strategy must configure the protocol's sampling (search=elite)")
+        k, repeats = cfg.search.get("trained_networks", 1), cfg.search.strategy.get("repeats", 20)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"search.trained_networks (networks per target and source trained standalone) must be "
+                              f"a positive integer, got {k!r}")
+        if isinstance(repeats, int) and k > repeats:
+            raise ConfigError(f"search.trained_networks ({k}) cannot exceed search.strategy.repeats ({repeats}): "
+                              f"each trained network is the one a protocol run found")
+        b = cfg.search.get("bootstrap", 0)
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise ConfigError(f"search.bootstrap (resamples for the error intervals; 0 = none) must be an integer "
+                              f">= 0, got {b!r}")
 
     def setup(self, run) -> None:
         run.targets = [float(t) for t in run.cfg.train.targets]
@@ -144,47 +206,69 @@ class NSS(Method):
         runs = strategy.runs
         return {**runs[0], "samples_mean": sum(r["samples"] for r in runs) / len(runs),
                 "delta_pct_mean": sum(r["delta_pct"] for r in runs) / len(runs),
-                "found_rate": sum(r["found"] for r in runs) / len(runs), "repeats": len(runs)}
+                "found_rate": sum(r["found"] for r in runs) / len(runs), "repeats": len(runs), "runs": runs}
 
     def retrain(self, run) -> dict:
-        protocol = read_artifact(run.dir / "search" / "protocol.json")
+        path = run.dir / "search" / "protocol.json"
+        protocol = read_artifact(path)
+        k = run.cfg.search.get("trained_networks", 1)
         errors = {}
         for target in run.targets:
             for source in SOURCES:
-                rec = protocol[_tag(target)][source]
-                arch = run.space.validate(Arch.from_dict(rec["arch"]))
-                stage = f"retrain/{_tag(target)}_{source}"
-                out = run.dir / stage
-                done = read_artifact(out / "result.json") if (out / "result.json").exists() else None
-                if done is not None and done["arch"] == arch.to_dict():
-                    errors[out.name] = done["test_error"]
-                    continue
-                if done is not None:  # the protocol found another network since: train that one from scratch
-                    for stale in ("result.json", "last.ckpt", "done.json", "model.pt"):
-                        (out / stale).unlink(missing_ok=True)
-                train_standalone(run, arch, stage)
-                run.data.setup("test")
-                model = load_model(run, arch, stage).to(run.device).eval()
-                err = 1 - classification_metrics(model, to_device(run.data.test_dataloader(), run.device))["top1"]
-                artifacts.write_json(out / "result.json", {"arch": arch.to_dict(), "test_error": err})
-                errors[out.name] = err
+                for i, net in enumerate(_networks(protocol[_tag(target)][source], k, str(path))):
+                    arch = run.space.validate(Arch.from_dict(net["arch"]))
+                    stage = _stage(target, source, i)
+                    out = run.dir / stage
+                    done = read_artifact(out / "result.json") if (out / "result.json").exists() else None
+                    if done is not None and done["arch"] == arch.to_dict() and "wrong" in done:
+                        errors[out.name] = done["test_error"]
+                        continue
+                    if done is not None and done["arch"] != arch.to_dict():
+                        # the protocol found another network since: train that one from scratch
+                        for stale in ("result.json", "last.ckpt", "done.json", "model.pt"):
+                            (out / stale).unlink(missing_ok=True)
+                    train_standalone(run, arch, stage)  # skipped when done.json is there
+                    run.data.setup("test")
+                    model = load_model(run, arch, stage).to(run.device).eval()
+                    batches = to_device(run.data.test_dataloader(), run.device)
+                    metrics, preds = scored_predictions(model, batches)
+                    labels = torch.cat([y for _, y in batches]).to(preds.device)
+                    err = 1 - metrics["top1"]
+                    artifacts.write_json(out / "result.json", {
+                        "arch": arch.to_dict(), "test_error": err, "n_test": len(labels),
+                        "wrong": torch.nonzero(preds != labels).flatten().tolist()})
+                    errors[out.name] = err
         return errors
 
     def evaluate(self, run) -> dict:
-        protocol = read_artifact(run.dir / "search" / "protocol.json")
+        path = run.dir / "search" / "protocol.json"
+        protocol = read_artifact(path)
         elites = read_artifact(run.dir / "search" / "elite_spaces.json")
-        rows = []
+        k, resamples = run.cfg.search.get("trained_networks", 1), run.cfg.search.get("bootstrap", 0)
+        rows, wrong = [], {}
         for target in run.targets:
             row = {"target_mflops": target, "elite_bounds": elites[_tag(target)]["bounds"]}
             for source in SOURCES:
                 rec = protocol[_tag(target)][source]
-                res = run.dir / "retrain" / f"{_tag(target)}_{source}" / "result.json"
-                trained = read_artifact(res) if res.exists() else None
-                if trained is not None and trained["arch"] != rec["arch"]:
-                    trained = None  # trained for an older protocol: not this network's error
+                trained = []
+                for i, net in enumerate(_networks(rec, k, str(path))):
+                    res = run.dir / _stage(target, source, i) / "result.json"
+                    done = read_artifact(res) if res.exists() else None
+                    # trained for an older protocol: not this network's error
+                    trained.append(done if done is not None and done["arch"] == net["arch"] else None)
+                errs = [100 * t["test_error"] for t in trained if t is not None]
+                complete = len(errs) == len(trained)
                 row[source] = {"found": rec["found"], "samples": rec["samples_mean"], "mflops": rec["mflops"],
                                "delta_pct": rec["delta_pct_mean"], "found_rate": rec["found_rate"],
-                               "test_error_pct": 100 * trained["test_error"] if trained else None}
+                               "test_error_pct": sum(errs) / len(errs) if complete else None}
+                if k > 1:
+                    row[source]["test_errors_pct"] = errs if complete else None
+                    row[source]["networks_mflops"] = [net["mflops"] for net in _networks(rec, k, str(path))]
+                if complete and all("wrong" in t for t in trained):
+                    w = torch.zeros(len(trained), trained[0]["n_test"], dtype=torch.bool)
+                    for j, t in enumerate(trained):
+                        w[j, t["wrong"]] = True
+                    wrong[(target, source)] = w
             rows.append(row)
         mean = lambda src, key: sum(r[src][key] for r in rows) / len(rows)  # noqa: E731
         summary = {src: {"samples": mean(src, "samples"), "delta_pct": mean(src, "delta_pct")} for src in SOURCES}
@@ -194,32 +278,69 @@ class NSS(Method):
         results = {"experiment": run.cfg.name, "method": "nss", "seed": run.cfg.seed, "space": run.space.name,
                    "tolerance": run.cfg.search.strategy.tolerance, "repeats": run.cfg.search.strategy.repeats,
                    "rows": rows, "average": summary}
+        if k > 1:
+            results["trained_networks"] = k
+        if resamples > 0 and len(wrong) == len(rows) * len(SOURCES):
+            self._intervals(results, wrong, resamples, run.cfg.seed)
         artifacts.write_json(run.dir / "results.json", results)
         artifacts.write_text(run.dir / "report.md", report(results))
         return results
+
+    @staticmethod
+    def _intervals(results: dict, wrong: dict, resamples: int, seed: int) -> None:
+        """95 % bootstrap intervals (:func:`bootstrap_errors`) of every cell's error, of elite − expanded per target,
+        and of the averages over targets, all from the same replicates, into ``results``."""
+        keys = list(wrong)
+        reps = bootstrap_errors([wrong[key] for key in keys], resamples, seed)
+        col = {key: reps[:, j] for j, key in enumerate(keys)}
+        rows = results["rows"]
+        for row in rows:
+            t = row["target_mflops"]
+            for src in SOURCES:
+                row[src]["test_error_ci"] = _interval(col[(t, src)])
+            row["error_diff_pct"] = row["elite"]["test_error_pct"] - row["expanded"]["test_error_pct"]
+            row["error_diff_ci"] = _interval(col[(t, "elite")] - col[(t, "expanded")])
+        avg = {src: sum(col[(r["target_mflops"], src)] for r in rows) / len(rows) for src in SOURCES}
+        a = results["average"]
+        for src in SOURCES:
+            a[src]["test_error_ci"] = _interval(avg[src])
+        a["error_diff_pct"] = a["elite"]["test_error_pct"] - a["expanded"]["test_error_pct"]
+        a["error_diff_ci"] = _interval(avg["elite"] - avg["expanded"])
+        results["bootstrap"] = {"resamples": resamples, "seed": seed, "n_test": next(iter(wrong.values())).shape[1],
+                                "level": 0.95}
 
     def table(self, r: dict) -> ResultsTable:
         notes = ["elite spaces (depth range × width range, per stage):"]
         for row in r["rows"]:
             spaces = " | ".join(f"d {b[0]}-{b[1]} × w {b[2]}-{b[3]}" for b in row["elite_bounds"])
             notes.append(f"  {row['target_mflops']:g} MFLOPs: {spaces}")
-        fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
         rows = []
         for label, e, x in [(f"{row['target_mflops']:g}", row["elite"], row["expanded"]) for row in r["rows"]] + \
                 [("average", r["average"]["elite"], r["average"]["expanded"])]:
-            rows.append([label, f"{e['delta_pct']:.1f}", f"{e['samples']:.1f}", fmt(e["test_error_pct"]),
-                         f"{x['delta_pct']:.1f}", f"{x['samples']:.1f}", fmt(x["test_error_pct"])])
+            rows.append([label, f"{e['delta_pct']:.1f}", f"{e['samples']:.1f}", _error_cell(e),
+                         f"{x['delta_pct']:.1f}", f"{x['samples']:.1f}", _error_cell(x)])
         return ResultsTable(f"nasx · {r['experiment']} · NSS protocol (within {100 * r['tolerance']:g} % of target)",
                             ["target MFLOPs", "elite |Δ| %", "elite samples", "elite error %", "expanded |Δ| %",
                              "expanded samples", "expanded error %"], rows, notes)
 
 
+def _error_cell(cell: dict) -> str:
+    """``error`` or ``error [lo, hi]`` (the 95 % bootstrap interval when there is one), in %; "—" when untrained."""
+    if cell.get("test_error_pct") is None:
+        return "—"
+    ci = cell.get("test_error_ci")
+    return f"{cell['test_error_pct']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
 def report(r: dict) -> str:
-    fmt = lambda v, spec: "—" if v is None else format(v, spec)  # noqa: E731
+    k = r.get("trained_networks", 1)
+    trained = "MFLOPs and error are those of the first run's network, trained standalone." if k == 1 else \
+        (f"MFLOPs are those of the first run's network; error is the mean test error of the networks of the first "
+         f"{k} runs, each trained standalone.")
     lines = [f"# nasx run: {r['experiment']} (NSS)", "",
              f"Space `{r['space']}`, seed {r['seed']}; a network is *found* when its MFLOPs are within "
              f"{100 * r['tolerance']:g} % of the target. Samples and |Δ| are means over {r['repeats']} runs of the "
-             f"protocol; MFLOPs and error are those of the first run's network, trained standalone.", "",
+             f"protocol; {trained}", "",
              "| target MFLOPs | elite space (d_lo, d_hi, w_lo, w_hi) per stage | elite: MFLOPs (|Δ| %) | samples | "
              "error % | expanded: MFLOPs (|Δ| %) | samples | error % |",
              "|---|---|---|---|---|---|---|---|"]
@@ -228,13 +349,21 @@ def report(r: dict) -> str:
         bounds = "; ".join("({}, {}, {}, {})".format(*b) for b in row["elite_bounds"])
         miss = lambda rec: "" if rec["found_rate"] == 1 else f" (found in {100 * rec['found_rate']:.0f} %)"  # noqa
         lines.append(f"| {row['target_mflops']:g} | {bounds} | {e['mflops']:.3f} ({e['delta_pct']:.1f} %) | "
-                     f"{e['samples']:.1f}{miss(e)} | {fmt(e['test_error_pct'], '.2f')} | "
+                     f"{e['samples']:.1f}{miss(e)} | {_error_cell(e)} | "
                      f"{x['mflops']:.3f} ({x['delta_pct']:.1f} %) | {x['samples']:.1f}{miss(x)}"
-                     f" | {fmt(x['test_error_pct'], '.2f')} |")
+                     f" | {_error_cell(x)} |")
     a = r["average"]
     lines.append(f"| average | | ({a['elite']['delta_pct']:.1f} %) | {a['elite']['samples']:.1f} | "
-                 f"{fmt(a['elite']['test_error_pct'], '.2f')} | ({a['expanded']['delta_pct']:.1f} %) | "
-                 f"{a['expanded']['samples']:.1f} | {fmt(a['expanded']['test_error_pct'], '.2f')} |")
+                 f"{_error_cell(a['elite'])} | ({a['expanded']['delta_pct']:.1f} %) | "
+                 f"{a['expanded']['samples']:.1f} | {_error_cell(a['expanded'])} |")
+    if "bootstrap" in r:
+        b = r["bootstrap"]
+        lines += ["", f"Error intervals: 95 % percentile bootstrap ({b['resamples']} resamples of the "
+                  f"{b['n_test']} test images, shared by every cell, and of each cell's networks), nasx's addition.",
+                  "", "| target MFLOPs | elite − expanded error (points) | 95 % interval |", "|---|---|---|"]
+        for label, d in [(f"{row['target_mflops']:g}", row) for row in r["rows"]] + [("average", a)]:
+            lo, hi = d["error_diff_ci"]
+            lines.append(f"| {label} | {d['error_diff_pct']:+.2f} | [{lo:+.2f}, {hi:+.2f}] |")
     lines += ["", "Paper (supplementary Tab. 1, CIFAR-10 average): elite 5 samples, 2.8 % deviation, 4.13 % error; "
               "expanded 215.6 samples, 5.6 % deviation, 4.76 % error.", "", "![elite spaces](search/elite.png)", ""]
     return "\n".join(lines)
