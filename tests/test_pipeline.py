@@ -95,8 +95,9 @@ def test_wandb_logger_runs_offline_without_an_account(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run(compose(["experiment=quickstart", *TINY, "stages=[train]", "logger=wandb"], tmp_path / "run"))
-    runs = list((tmp_path / "run" / "train" / "wandb").glob("offline-run-*"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))  # one W&B run per nasx run, not per stage
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert not (tmp_path / "run" / "train" / "wandb").exists()
 
 
 # -- the CLI, as a user runs it ---------------------------------------------------------------------------------------
