@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from nasx.data.listing import first_per_class
 from nasx.data.memory import EpochSampler, calibration_indices, carve
 from nasx.errors import ConfigError, DatasetError, one_line
 
@@ -233,16 +234,7 @@ class ImageNetDataModule(L.LightningDataModule):
     # ---- listing ----------------------------------------------------------------------------------------
 
     def _limit(self, files: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
-        """The first ``max_per_class`` files of each class, in the given order."""
-        if self.max_per_class is None:
-            return files, labels
-        counts: dict[int, int] = {}
-        keep = []
-        for i, y in enumerate(labels):
-            counts[y] = counts.get(y, 0) + 1
-            if counts[y] <= self.max_per_class:
-                keep.append(i)
-        return [files[i] for i in keep], [labels[i] for i in keep]
+        return first_per_class(files, labels, self.max_per_class)
 
     def _list_train(self) -> tuple[list[str], list[int]]:
         files, labels = [], []

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from nasx.data.decode import VideoFile
+from nasx.data.listing import first_per_class
 from nasx.data.memory import EpochSampler, calibration_indices, carve
 from nasx.errors import ConfigError, DatasetError
 
@@ -295,16 +296,7 @@ class VideoDataModule(L.LightningDataModule, ABC):
         log.warning("%s; skipped (data.missing=error makes this an error)", msg)
 
     def _limit(self, files: list[str], labels: list[int]) -> tuple[list[str], list[int]]:
-        """The first ``max_per_class`` videos of each class, in listing order (for quick runs)."""
-        if self.max_per_class is None:
-            return files, labels
-        counts: dict[int, int] = {}
-        keep = []
-        for k, y in enumerate(labels):
-            counts[y] = counts.get(y, 0) + 1
-            if counts[y] <= self.max_per_class:
-                keep.append(k)
-        return [files[k] for k in keep], [labels[k] for k in keep]
+        return first_per_class(files, labels, self.max_per_class)
 
     def setup(self, stage: str | None = None) -> None:
         """Lists every split once (names only; videos are decoded as batches are drawn)."""
