@@ -6,6 +6,7 @@ loses nothing written), fsynced once per search round; a reader drops a torn las
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,9 +24,24 @@ log = logging.getLogger("nasx")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_READ_ONLY = [False]
+
+
+@contextlib.contextmanager
+def read_only():
+    """Inside, this process writes no artifact (every write function returns at once): the DDP ranks other than 0
+    run the search stage with rank 0 and read its files, and rank 0 alone writes them (nasx.distributed)."""
+    before = _READ_ONLY[0]
+    _READ_ONLY[0] = True
+    try:
+        yield
+    finally:
+        _READ_ONLY[0] = before
 
 
 def _atomic(path: Path, write: Callable[[str], None], suffix: str = "") -> None:
+    if _READ_ONLY[0]:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
@@ -79,6 +95,8 @@ def save_figure(fig, path: Path) -> None:
 def append_jsonl(path: Path, record: dict, sync: bool = True) -> None:
     """Append one record as a line, flushed (a killed process loses nothing written); ``sync`` also forces it to
     disk (against power loss), which a caller appending many records does once with :func:`fsync`."""
+    if _READ_ONLY[0]:
+        return
     with open(path, "a") as f:
         f.write(json.dumps(_finite(record)) + "\n")
         f.flush()
@@ -88,6 +106,8 @@ def append_jsonl(path: Path, record: dict, sync: bool = True) -> None:
 
 def fsync(path: Path) -> None:
     """Force a file's written data to disk."""
+    if _READ_ONLY[0]:
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

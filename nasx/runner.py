@@ -5,8 +5,9 @@ the object ``cfg.method`` names by ``_target_`` (``conf/method/<name>.yaml``, ch
 what each stage does (:class:`nasx.methods.base.Method`). The runner never names a method.
 
 Every stage is resumable: run it again in the same run directory and it continues (training from ``last.ckpt``,
-search from ``state.pt`` + ``history.jsonl``) or skips what is finished. Under DDP (``trainer=ddp``), the processes
-Lightning starts for ranks > 0 only take part in the training stage; rank 0 alone goes on.
+search from ``state.pt`` + ``history.jsonl``) or skips what is finished. Under DDP (``trainer=ddp``), the ranks > 0
+take part in the training stage and, for a method with ``parallel_search`` (SPOS, CMP-NAS, MixPath), score their share
+of every search round (:mod:`nasx.distributed`); rank 0 alone writes artifacts, retrains and evaluates.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nasx import artifacts, tracking
+from nasx import artifacts, distributed, tracking
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import ConfigError, NasxError
 from nasx.rewards import make_reward
@@ -31,13 +32,12 @@ STAGES = ("train", "search", "retrain", "evaluate")
 
 
 def is_ddp_worker() -> bool:
-    """True in the processes Lightning's DDP launcher starts for ranks other than 0."""
-    return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
+    """True in a DDP rank other than 0 (started by Lightning's or Fabric's launcher, torchrun, or SLURM tasks)."""
+    return distributed.is_worker()
 
 
 def _global_rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() \
-        else 0
+    return distributed.rank_world()[0]
 
 
 class Run:
@@ -62,7 +62,7 @@ class Run:
         self.space.check_feasible(self.budget)
         self.reward = make_reward(cfg.reward)
         self.fixed_arch = self._load_arch(cfg.arch) if cfg.arch else None
-        self.device = device_of(cfg)
+        self.device = distributed.device(device_of(cfg))
         method.setup(self)
 
     def _load_arch(self, value: str) -> Arch:
@@ -153,6 +153,9 @@ def check_config(cfg: DictConfig) -> None:
     for group in ("train", "retrain", "gallery"):
         check_training_group(cfg, group)
     check_trainer(cfg)
+    from nasx.launcher import check_tasks
+
+    check_tasks(cfg)  # inside a SLURM job: its tasks per node against trainer.devices
 
 
 def _remove_empty_run_dir(run_dir: Path) -> None:
@@ -204,12 +207,8 @@ def make_method(cfg: DictConfig):
 
 def run(cfg: DictConfig) -> dict:
     """Run ``cfg.stages`` in ``cfg.paths.run_dir``. Returns the results (empty unless evaluate is a stage)."""
-    if is_ddp_worker():  # started by Lightning's DDP launcher: it only takes part in training
-        method = make_method(cfg)
-        r = Run(cfg, method)
-        if "train" in cfg.stages:
-            method.train(r)
-        return {}
+    if is_ddp_worker():  # a rank > 0: it takes part in training, and in the search if the method splits it
+        return _worker(cfg)
     r = start(cfg)
     method = r.method
     results = {}
@@ -218,6 +217,9 @@ def run(cfg: DictConfig) -> dict:
             if stage not in cfg.stages:
                 continue
             log.info("stage %s", stage)
+            if stage == "search" and _parallel_search(cfg, method):
+                distributed.ensure_process_group(cfg)  # the ranks Lightning's fit started, or new ones
+                distributed.barrier()  # every rank reads what rank 0 wrote (train/last.ckpt, a resumed search)
             out = getattr(method, stage)(r)
             if stage == "train" and _global_rank() != 0:
                 return {}  # a DDP rank > 0 that shares this process's entry point: rank 0 alone goes on
@@ -225,6 +227,25 @@ def run(cfg: DictConfig) -> dict:
             if stage == "evaluate":
                 results = out
     return results
+
+
+def _parallel_search(cfg: DictConfig, method) -> bool:
+    return "search" in cfg.stages and getattr(method, "parallel_search", False) and distributed.planned_world(cfg) > 1
+
+
+def _worker(cfg: DictConfig) -> dict:
+    """A DDP rank > 0: joins rank 0's supernet fit (unless the training is done), then, for a method with
+    ``parallel_search``, scores its share of every search round without writing anything (nasx.distributed)."""
+    method = make_method(cfg)
+    r = Run(cfg, method)
+    if "train" in cfg.stages:
+        method.train(r)
+    if _parallel_search(cfg, method):
+        distributed.ensure_process_group(cfg)
+        distributed.barrier()
+        with artifacts.read_only():
+            method.search(r)
+    return {}
 
 
 def results_table(cfg: DictConfig, results: dict):

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from nasx import artifacts
 from nasx.arch import Arch
+from nasx.distributed import lightning_plugins
 from nasx.errors import ConfigError, NasxError, one_line
 from nasx.evaluation import ClassificationEvaluator
 from nasx.losses import Loss, make_terms, needs_reference
@@ -104,7 +105,8 @@ def make_trainer(cfg: DictConfig, stage_dir: Path, epochs: int, val: bool = Fals
         callbacks.append(L.pytorch.callbacks.RichProgressBar(leave=True))
     logger = build(cfg.logger, "logger", save_dir=str(stage_dir)) if cfg.logger else False
     return build(cfg.trainer, "trainer", max_epochs=epochs, default_root_dir=str(stage_dir), logger=logger,
-                       callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=cfg.progress,
+                       callbacks=callbacks, plugins=[AtomicCheckpointIO(), *lightning_plugins()],
+                       enable_progress_bar=cfg.progress,
                        enable_checkpointing=False,  # SaveLast writes the one checkpoint a stage resumes from
                        limit_val_batches=None if val else 0, num_sanity_val_steps=0, enable_model_summary=False,
                        **single)
@@ -153,9 +155,10 @@ def read_torch(path: Path) -> dict:
 # -- supernet ------------------------------------------------------------------------------------------------------
 def train_supernet(run, loss: Loss | None = None) -> None:
     """Train the run's supernet with uniform path sampling (``train.*``) into ``<run>/train/``; skipped when
-    ``done.json`` is there (a DDP worker always joins the fit rank 0 starts)."""
+    ``done.json`` is there. A DDP worker started by rank 0's fit never finds it (rank 0 writes it after the fit), so it
+    joins the fit; one started later for the search (nasx.distributed) finds it and skips too."""
     stage_dir = run.dir / "train"
-    if not run.is_ddp_worker and (stage_dir / "done.json").exists():
+    if (stage_dir / "done.json").exists():
         log.info("train: done already (%s)", stage_dir / "done.json")
         return
     c = run.cfg.train

@@ -159,9 +159,11 @@ TINY_BY_EXPERIMENT = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(TINY_BY_EXPERIMENT))
-def test_under_ddp_workers_only_train_and_rank_zero_alone_goes_on(experiment, tmp_path):
-    """``trainer=ddp_sim``: two CPU processes. The worker joins the supernet's fit and stops; every later stage
-    runs once, in rank 0 (seen before the one runner: CMP-NAS's worker searched, retrained and evaluated too)."""
+def test_under_ddp_the_worker_trains_and_searches_and_rank_zero_alone_writes(experiment, tmp_path):
+    """``trainer=ddp_sim``: two CPU processes. The worker joins the supernet's fit, then scores its share of every
+    search round (SPOS, CMP-NAS, MixPath; NSS searches on rank 0) and stops; the history is written once, and
+    retrain and evaluate run once, in rank 0 (seen before the one runner: CMP-NAS's worker retrained and evaluated
+    too)."""
     out = tmp_path / "outputs"
     proc = subprocess.run([sys.executable, "-m", "nasx", f"experiment={experiment}", *TINY_BY_EXPERIMENT[experiment],
                            "trainer=ddp_sim", f"paths.output_dir={out}"], cwd=tmp_path, capture_output=True, text=True,
@@ -179,6 +181,8 @@ def test_under_ddp_workers_only_train_and_rank_zero_alone_goes_on(experiment, tm
                                        / "history.jsonl")
         first = {"cmp_nas_digits": 4, "mixpath_digits": 2 * 4}[experiment]  # NSGA-II's P0 ∪ Q0 = 2n
         assert sum(1 for r in history if r["gen"] == 0) == first  # written once, not once per rank
+        worker_log = (run_dir / "train_ddp_process_1.log").read_text()
+        assert "search: rank 1 of 2 scored" in worker_log
 
 
 def test_every_package_under_nasx_is_listed_for_installation():

@@ -27,6 +27,9 @@ class Method(ABC):
     returns the results (also written to ``results.json``)."""
 
     name = "method"
+    # under DDP, every rank scores its share of each search round (nasx.distributed); the search must go through
+    # nasx.search.loop.run_search and be deterministic given the run directory, as it is on rank 0
+    parallel_search = False
 
     def check_config(self, cfg: DictConfig) -> None:
         """Method-specific config checks, before any data is read (raise :class:`~nasx.errors.ConfigError`)."""

@@ -34,6 +34,7 @@ def check_int(cfg: DictConfig, key: str, minimum: int) -> None:
 
 class SPOS(Method):
     name = "spos"
+    parallel_search = True  # CMP-NAS and MixPath inherit it
 
     # -- checks and set-up ---------------------------------------------------------------------------------------
     def check_config(self, cfg: DictConfig) -> None:

@@ -19,16 +19,21 @@ False)``. A multi-objective reward also adds ``objectives`` and ``feasible`` to 
 A round's new candidates go to the evaluator together (``evaluate_many``), which reports each result as it comes;
 records are appended in ask order as soon as their metrics are known, so a kill loses at most the candidate being
 evaluated. Records are flushed one by one and the file is fsynced once per round, before ``state.pt``.
+
+Under DDP (a process group of W > 1 ranks) every rank runs this loop with the same strategy and seed; a round's new
+candidates are split over the ranks and their metrics gathered (:class:`nasx.distributed.ShardedEvaluator`), and rank
+0 alone writes (the others run inside :func:`nasx.artifacts.read_only`), so the history equals a single process's.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
-from nasx import artifacts
+from nasx import artifacts, distributed
 from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import NasxError
 from nasx.evaluation.base import Evaluator
@@ -36,6 +41,7 @@ from nasx.rewards import Objectives, WeightedSum
 from nasx.search.strategy import Outcome
 
 STATE_VERSION = 1
+log = logging.getLogger("nasx")
 
 
 @dataclass
@@ -67,6 +73,12 @@ def run_search(strategy, space: SearchSpace, evaluator: Evaluator, reward: Weigh
     done_gens, done_rounds = strategy.generation, strategy.rounds
     committed = [r for r in records if _round(r) < done_rounds]
     recovered = {_record_arch(r, space): r for r in records if _round(r) >= done_rounds and r["metrics"] is not None}
+    rank, world = distributed.rank_world()
+    if world > 1:  # candidate-parallel: every rank has read the files before rank 0 rewrites them
+        distributed.barrier()
+        evaluator = distributed.ShardedEvaluator(evaluator, rank, world)
+        progress = progress and rank == 0
+        on_generation = on_generation if rank == 0 else None
     artifacts.write_jsonl(history_path, committed)
     seen: dict[Arch, dict] = {_record_arch(r, space): r for r in committed if r["metrics"] is not None}
     evaluations = 0
@@ -139,6 +151,9 @@ def run_search(strategy, space: SearchSpace, evaluator: Evaluator, reward: Weigh
         if bar:
             bar.close()
 
+    if isinstance(evaluator, distributed.ShardedEvaluator):
+        log.info("search: rank %d of %d scored %d of the %d candidates evaluated", evaluator.rank, evaluator.world,
+                 evaluator.scored, evaluator.total)
     scored = [r for r in committed if r["reward"] is not None]
     if committed and not scored:
         raise NasxError(f"search: none of the {len(committed)} candidates fit {budget}; the strategy ignores the "
