@@ -32,7 +32,7 @@ INSTALL_CHECK_RUN := experiment=quickstart 'space.stage_repeats=[1,1,2,1]' space
 install-check:
 	@set -u; start=$$(date +%s); tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	fail() { echo "install-check: FAILED: $$*" >&2; exit 1; }; \
-	mkdir "$$tmp/src" "$$tmp/run" && cp -R pyproject.toml README.md nasx conf "$$tmp/src/" || fail "copying the sources"; \
+	mkdir "$$tmp/src" "$$tmp/run" && cp -R pyproject.toml README.md nasx conf hydra_plugins "$$tmp/src/" || fail "copying the sources"; \
 	echo "install-check: pip install -c constraints.txt . into a fresh venv ($$tmp/venv)"; \
 	$(PYTHON) -m venv "$$tmp/venv" || fail "creating a venv"; \
 	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip || fail "pip install --upgrade pip"; \
@@ -43,7 +43,8 @@ install-check:
 	repo, pkg = pathlib.Path(sys.argv[1]), pathlib.Path(nasx.__file__).parent; \
 	assert pkg.is_relative_to(sys.prefix), f"nasx imported from {pkg}, not from the venv"; \
 	want = [pkg / p.relative_to(repo / "nasx") for p in (repo / "nasx").rglob("*.py")] \
-	     + [pkg / "conf" / p.relative_to(repo / "conf") for p in (repo / "conf").rglob("*.yaml")]; \
+	     + [pkg / "conf" / p.relative_to(repo / "conf") for p in (repo / "conf").rglob("*.yaml")] \
+	     + [pkg.parent / p.relative_to(repo) for p in (repo / "hydra_plugins").rglob("*.py")]; \
 	missing = [str(p.relative_to(pkg.parent)) for p in want if not p.is_file()]; \
 	sys.exit("not installed (pyproject.toml [tool.setuptools]): " + " ".join(missing) if missing else 0)' "$(CURDIR)" \
 	  || fail "the installed package is incomplete"; \
@@ -56,6 +57,7 @@ install-check:
 bench: venv
 	$(BIN)/python benchmarks/supernet_overhead.py
 	$(BIN)/python benchmarks/search_overhead.py
+	$(BIN)/python benchmarks/ddp_search.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

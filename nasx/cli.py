@@ -58,6 +58,12 @@ MAX_DIRNAME = 120  # characters of a sweep job's directory name (file systems al
 _SWEPT: list[str] = []  # the keys a `nasx -m` command line sweeps, in its order (set by main)
 
 
+def swept() -> list[str]:
+    """The swept keys of this command line, or, in a job a cluster launcher runs in another process (submitit), of
+    the command that submitted it (``NASX_SWEPT``, set by :func:`main` and inherited by the job)."""
+    return list(_SWEPT) or [k for k in os.environ.get("NASX_SWEPT", "").split(",") if k]
+
+
 def short_dirname(name: str) -> str:
     """A sweep job's override string as a directory name: whole if short, else its head and a hash of the whole.
     The overrides themselves are in the job's ``.hydra/overrides.yaml`` and ``config.yaml``."""
@@ -73,8 +79,22 @@ def job_dirname(overrides, exclude=()) -> str:
     command line's order, so that jobs are told apart by the start of their names; then the other overrides, sorted;
     ``exclude`` keys left out. Cut and hashed by :func:`short_dirname` when long."""
     items = {_key(o): o.lstrip("+~") for o in overrides if _key(o) not in set(exclude)}
-    swept = [k for k in _SWEPT if k in items]
-    return short_dirname(",".join([items[k] for k in swept] + [items[k] for k in sorted(items) if k not in swept]))
+    swept_first = [k for k in swept() if k in items]
+    return short_dirname(",".join([items[k] for k in swept_first] +
+                                  [items[k] for k in sorted(items) if k not in swept_first]))
+
+
+def register_resolvers() -> None:
+    """nasx's OmegaConf resolvers (``nasx_dirname``: a sweep job's directory name, see conf/hydra/default.yaml)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("nasx_dirname"):
+        OmegaConf.register_new_resolver("nasx_dirname", job_dirname)
+
+
+# A submitit job unpickles the task function (which refers to this module) in a new process, where Hydra resolves the
+# job's directory name: the resolver must be there before main() runs.
+register_resolvers()
 
 
 def swept_keys(argv: list[str]) -> list[str]:
@@ -86,6 +106,60 @@ def swept_keys(argv: list[str]) -> list[str]:
         return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
     except Exception:  # a malformed override: Hydra reports it itself
         return []
+
+
+SUBMITIT_LAUNCHERS = {"slurm": "SlurmQueueConf", "submitit_slurm": "SlurmQueueConf",
+                      "submitit_local": "LocalQueueConf"}
+
+
+def check_launcher(argv: list[str]) -> None:
+    """``hydra/launcher=`` and ``hydra.launcher.<key>=`` overrides, before Hydra composes anything: an unknown
+    launcher, a cluster launcher whose plugin is not installed, or a key the launcher does not have is one line."""
+    from nasx.errors import ConfigError
+
+    names = [a.split("=", 1)[1] for a in argv if _key(a) == "hydra/launcher"]
+    name = names[-1] if names else "basic"
+    keys = [_key(a).split(".", 2)[2] for a in argv if _key(a).startswith("hydra.launcher.")]
+    ours = sorted(p.stem for p in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
+    known = sorted({"basic", *SUBMITIT_LAUNCHERS, *ours})
+    if name in SUBMITIT_LAUNCHERS:
+        from nasx.launcher import INSTALL
+
+        if not submitit_installed():
+            raise ConfigError(f"hydra/launcher={name} needs hydra-submitit-launcher, which is not installed: {INSTALL}")
+        _discoverable_plugin()
+        import dataclasses
+
+        from hydra_plugins.hydra_submitit_launcher import config
+
+        fields = {f.name for f in dataclasses.fields(getattr(config, SUBMITIT_LAUNCHERS[name]))}
+        for key in keys:
+            if key.split(".")[0] not in fields:
+                extra = " (other sbatch options go in hydra.launcher.additional_parameters)" if "slurm" in name else ""
+                raise ConfigError(f"hydra.launcher.{key}: launcher '{name}' has no such key; its keys: "
+                                  f"{', '.join(sorted(fields - {'_target_'}))}{extra}")
+    elif name not in known and not name.startswith(("joblib", "ray", "rq")):
+        raise ConfigError(f"hydra/launcher={name}: no such launcher (nasx knows {', '.join(known)})")
+    elif name == "basic" and keys:
+        raise ConfigError(f"hydra.launcher.{keys[0]}: the default launcher (basic) has no settings; choose a cluster "
+                          f"launcher first, e.g. hydra/launcher=slurm")
+
+
+def _discoverable_plugin() -> None:
+    """Hydra finds launcher classes by walking the ``hydra_plugins`` namespace package's directories; an editable
+    install of nasx imports ``hydra_plugins.nasx_launcher`` through setuptools' finder, which that walk does not see,
+    so the checkout's directory is added to the namespace's path (a regular install puts it in site-packages)."""
+    import hydra_plugins
+
+    here = str(CONF_DIR.parent / "hydra_plugins")
+    if Path(here, "nasx_launcher").is_dir() and here not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(here)
+
+
+def submitit_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("hydra_plugins.hydra_submitit_launcher") is not None
 
 
 class RunGuard:
@@ -165,11 +239,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"configs not found: no package {CONF_PKG} and no directory {CONF_DIR} (reinstall nasx)")
     try:
         argv = resume_argv(argv)
+        check_launcher(argv)
         guard = RunGuard(argv)
         guard.check_output_dir()
     except NasxError as e:
         _fail(e)
     _SWEPT[:] = swept_keys(argv)
+    os.environ["NASX_SWEPT"] = ",".join(_SWEPT)  # for jobs a cluster launcher runs in other processes
     prog = sys.argv[0] if sys.argv else "nasx"
     sys.argv = [prog] + argv
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -177,8 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
-    if not OmegaConf.has_resolver("nasx_dirname"):
-        OmegaConf.register_new_resolver("nasx_dirname", job_dirname)
+    register_resolvers()
 
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:

@@ -161,7 +161,7 @@ def swept_values(cfg: DictConfig) -> dict[str, str]:
         return {}
     from nasx import cli
 
-    swept = set(cli._SWEPT)
+    swept = set(cli.swept())
     out = {}
     for o in hc.overrides.task:
         key = cli._key(o)
