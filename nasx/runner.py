@@ -25,7 +25,7 @@ from nasx.arch import Arch, Budget, SearchSpace
 from nasx.errors import ConfigError, NasxError
 from nasx.rewards import make_reward
 from nasx.stages import build, device_of
-from nasx.training.base import SCHEDULES
+from nasx.training.base import OPTIMIZERS, SCHEDULES
 
 log = logging.getLogger("nasx")
 STAGES = ("train", "search", "retrain", "evaluate")
@@ -126,7 +126,9 @@ def check_training_group(cfg: DictConfig, group: str) -> None:
               ("lr", lambda v: _number(v) and v > 0, "a positive number"),
               ("momentum", lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
               ("weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
-              ("schedule", lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"))
+              ("schedule", lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+              ("optimizer", lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+              ("warmup_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0"))
     for key, ok, what in checks:
         if key in c and not ok(c[key]):
             raise ConfigError(f"{group}.{key} must be {what}, got {c[key]!r}")

@@ -123,7 +123,11 @@ def fit(run, system: L.LightningModule, stage_dir: Path, epochs: int, val: bool 
 
 def optim_kwargs(c: DictConfig) -> dict:
     """The SGD and schedule settings of a training config group (``train``, ``retrain``, ``gallery``)."""
-    return dict(lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov, schedule=c.schedule)
+    extra = {k: c[k] for k in ("optimizer", "warmup_steps") if c.get(k) is not None}
+    if c.get("betas") is not None:
+        extra["betas"] = tuple(c.betas)
+    return dict(lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov, schedule=c.schedule,
+                **extra)
 
 
 def loss_of(c: DictConfig, group: str, reference=None) -> Loss:

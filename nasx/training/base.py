@@ -10,9 +10,28 @@ import torch
 
 from nasx.errors import ConfigError, NonFiniteLossError
 from nasx.losses import Loss, cross_entropy
-from nasx.training.optim import SlicedSGD, param_groups
+from nasx.training.optim import SlicedAdamW, SlicedSGD, param_groups
 
 SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int):
+    """The learning-rate multiplier per optimizer step: a linear warm-up over ``warmup_steps`` (from 1/warmup to 1
+    [seed: VIM-NAS Tab. 10, 20 steps]), then ``schedule`` over the remaining steps (cosine to 0, linear to 0
+    [SPOS], or constant)."""
+    total = max(1, total_steps - warmup_steps)
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        s = min(step - warmup_steps, total)
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * s / total))
+        if schedule == "linear":
+            return max(0.0, 1 - s / total)
+        return 1.0
+    return f
 
 
 def stop_on_nonfinite(module: L.LightningModule, loss: torch.Tensor, where: str,
@@ -36,10 +55,14 @@ class System(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 4e-5,
                  nesterov: bool = True, schedule: str = "cosine", checkpoint_dir: str | None = None,
-                 loss: Loss | None = None):
+                 loss: Loss | None = None, optimizer: str = "sgd", warmup_steps: int = 0,
+                 betas: tuple[float, float] = (0.9, 0.999)):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ConfigError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got '{schedule}'")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{optimizer}'")
+        self.optimizer_name, self.warmup_steps, self.betas = optimizer, int(warmup_steps), tuple(betas)
         self.model = model
         self.loss = loss if loss is not None else cross_entropy()
         self.lr, self.momentum, self.weight_decay, self.nesterov = lr, momentum, weight_decay, nesterov
@@ -51,16 +74,13 @@ class System(L.LightningModule):
             self.loss.reference.to(self.device)
 
     def configure_optimizers(self):
-        opt = SlicedSGD(param_groups(self.model, self.weight_decay), lr=self.lr, momentum=self.momentum,
-                        nesterov=self.nesterov)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        if self.schedule == "cosine":
-            f = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
-        elif self.schedule == "linear":  # SPOS: linear decay to zero
-            f = lambda s: max(0.0, 1 - s / total)  # noqa: E731
+        if self.optimizer_name == "adamw":  # VIM-NAS [seed Tab. 10]; a static model has no extents: plain AdamW
+            opt = SlicedAdamW(param_groups(self.model, self.weight_decay), lr=self.lr, betas=self.betas)
         else:
-            f = lambda s: 1.0  # noqa: E731
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+            opt = SlicedSGD(param_groups(self.model, self.weight_decay), lr=self.lr, momentum=self.momentum,
+                            nesterov=self.nesterov)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(self.schedule, self.warmup_steps,
+                                                                 int(self.trainer.estimated_stepping_batches)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def objective(self, x: torch.Tensor, y: torch.Tensor, *arch) -> tuple[torch.Tensor, torch.Tensor]:

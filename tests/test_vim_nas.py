@@ -1,0 +1,99 @@
+"""VIM-NAS [METHODS.md §3]: the optimiser updates only the sampled slice, the schedule warms up linearly, and the
+method runs end to end on the embedded joint data (train with α, perturbation selection, constrained evolution,
+joint retraining, top-1 per data set)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nasx.ops import mark_extent
+from nasx.training.base import lr_factor
+from nasx.training.optim import SlicedAdamW
+
+
+def test_sliced_adamw_without_extents_is_torch_adamw():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    ours = SlicedAdamW([a], lr=1e-2, weight_decay=0.05)
+    ref = torch.optim.AdamW([b], lr=1e-2, weight_decay=0.05)
+    for step in range(5):
+        g = torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
+        a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_sliced_adamw_moves_only_the_sampled_slice_and_keeps_its_own_step_count():
+    """Algorithm 1: 'update the corresponding part of w in w_A while freezing the remaining part'. An entry used on
+    its first step gets the full first Adam step (lr · sign(g)) even if other entries were used before."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(6, 6))
+    opt = SlicedAdamW([w], lr=0.1, weight_decay=0.05)
+    before = w.detach().clone()
+    with torch.enable_grad():
+        mark_extent(w, (2, 3))
+    w.grad = torch.ones(6, 6)
+    opt.step()
+    moved = (w.detach() != before)
+    assert moved[:2, :3].all() and not moved[2:].any() and not moved[:, 3:].any()
+    state = opt.state[w]
+    assert state["steps"][:2, :3].eq(1).all() and state["steps"][2:].eq(0).all()
+    mid = w.detach().clone()
+    with torch.enable_grad():
+        mark_extent(w, (4, 4))
+    w.grad = torch.ones(6, 6)
+    opt.step()
+    fresh = mid[2:4, :4] * (1 - 0.1 * 0.05) - 0.1 * 1 / (1 + 1e-8)  # the first Adam step of those entries
+    assert torch.allclose(w.detach()[2:4, :4], fresh, atol=1e-5)
+    assert w.detach()[4:].eq(mid[4:]).all()
+
+
+def test_learning_rate_warms_up_linearly_for_twenty_steps_then_follows_the_cosine():
+    f = lr_factor("cosine", 20, 120)
+    assert [round(f(s), 4) for s in (0, 9, 19)] == [0.05, 0.5, 1.0]
+    assert f(20) == pytest.approx(1.0) and f(70) == pytest.approx(0.5) and f(120) == pytest.approx(0.0, abs=1e-9)
+    g = lr_factor("cosine", 0, 100)  # no warm-up: exactly the schedule nasx always had
+    assert all(g(s) == pytest.approx(0.5 * (1 + math.cos(math.pi * s / 100))) for s in (0, 30, 100))
+
+
+def test_cutmix_pastes_one_box_on_every_frame_and_mixes_targets_by_its_area():
+    from nasx.training.mix import mix_batch
+
+    x = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 3, 1, 8, 8).clone()  # 4 clips of 3 frames, value = index
+    y = torch.tensor([0, 1, 2, 3])
+    mixed, t = mix_batch(x, y, num_classes=4, mixup=0.0, cutmix=1.0, smoothing=0.0,
+                         g=torch.Generator().manual_seed(3))
+    pasted = (mixed[0] != x[0]).float()  # where clip 0 took clip 3's pixels
+    assert pasted.sum() > 0 and (pasted == pasted[0:1]).all()  # the same box on every frame
+    lam = 1 - pasted[0].mean().item()
+    assert t[0, 0].item() == pytest.approx(lam) and t[0, 3].item() == pytest.approx(1 - lam)
+    assert torch.allclose(t.sum(1), torch.ones(4))
+
+
+def test_mixup_blends_with_the_reversed_batch_and_smooths_targets():
+    from nasx.training.mix import mix_batch
+
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    mixed, t = mix_batch(x, y, num_classes=3, mixup=0.8, cutmix=0.0, smoothing=0.1, g=torch.Generator().manual_seed(0))
+    lam = (t[0, 0] - 0.1 / 3) / (0.9)  # y[0]=0; the reversed partner y[5]=2
+    assert torch.allclose(mixed[0], lam * x[0] + (1 - lam) * x[5], atol=1e-5)
+    assert torch.allclose(t.sum(1), torch.ones(6), atol=1e-6)
+    again, _ = mix_batch(x, y, 3, 0.8, 0.0, 0.1, torch.Generator().manual_seed(0))
+    assert torch.equal(mixed, again)  # a pure function of the generator's seed
+
+
+def test_random_erasing_replaces_a_rectangle_of_two_to_33_percent():
+    from nasx.training.mix import random_erase
+
+    x = torch.zeros(8, 2, 1, 16, 16)  # clips of 2 frames
+    out = random_erase(x, prob=1.0, g=torch.Generator().manual_seed(1))
+    for i in range(8):
+        changed = out[i, 0, 0] != 0
+        assert (changed == (out[i, 1, 0] != 0)).all()  # the same box on both frames
+        rows, cols = changed.any(1).sum().item(), changed.any(0).sum().item()
+        assert 0.02 * 256 * 0.5 <= rows * cols <= 256 / 3 * 1.3 and changed.sum() == rows * cols
+    assert random_erase(x, prob=0.0, g=torch.Generator()).eq(0).all()
