@@ -97,3 +97,78 @@ def test_random_erasing_replaces_a_rectangle_of_two_to_33_percent():
         rows, cols = changed.any(1).sum().item(), changed.any(0).sum().item()
         assert 0.02 * 256 * 0.5 <= rows * cols <= 256 / 3 * 1.3 and changed.sum() == rows * cols
     assert random_erase(x, prob=0.0, g=torch.Generator()).eq(0).all()
+
+
+# -- end to end ------------------------------------------------------------------------------------------------------
+TINY_VIT = ["space.embed_dims=[16,24]", "space.depths=[1,2]", "space.num_heads=[1,2]", "space.mlp_ratios=[1.0,2.0]",
+            "space.head_dim=8", "space.super_embed_dim=24", "space.patch_size=8", "space.input_size=16",
+            "space.drop_path=0.0", "train.epochs=2", "retrain.epochs=1", "search.strategy.generations=2",
+            "search.strategy.population=4", "search.strategy.top_k=2", "search.strategy.crossover_size=2",
+            "search.strategy.mutation_size=2", "method.alpha_batches=1", "method.selection_batches=1",
+            "progress=false"]
+
+
+def _nasx(args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "nasx", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def _check_results(run_dir, datasets):
+    import json
+
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["datasets"] == datasets and set(r["retrain"]["test_top1"]) == set(datasets)
+    assert all(0.0 <= v <= 1.0 for v in r["retrain"]["test_top1"].values())
+    assert set(r["found"]) == {"selection", "evolution"}
+    for f in r["found"].values():
+        assert set(f["supernet_val"]) == {"top1", *(f"top1/{n}" for n in datasets)}
+    alpha = json.loads((run_dir / "train" / "alpha.json").read_text())["softmax"]
+    assert alpha  # α was trained and saved
+    return r
+
+
+@pytest.mark.slow
+def test_vim_nas_digits_runs_end_to_end_on_the_embedded_joint_data(tmp_path):
+    proc = _nasx(["experiment=vim_nas_digits", *TINY_VIT, "data.datasets.moving_digits.n_train=128",
+                  "data.datasets.moving_digits_motion.n_train=128", "data.datasets.moving_digits.frames=4",
+                  "data.datasets.moving_digits_motion.frames=4", "space.max_frames=4", "budget=none",
+                  f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = _check_results(tmp_path / "run", ["digits", "moving_digits", "moving_digits_motion"])
+    assert "VIM-NAS" in proc.stdout and r["method"] == "vim_nas"
+
+
+REAL = {  # tiny versions of the real-data experiments, on fixture trees written in the real formats (DATASETS.md)
+    "vim_nas_imagenet_k400": ["imagenet", "k400"],
+    "vim_nas_k600": ["k600"],
+    "vim_nas_joint": ["imagenet", "k400", "k600", "ssv2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", sorted(REAL))
+def test_real_data_experiments_run_end_to_end_on_fixture_trees(experiment, tmp_path):
+    from test_imagenet import make_imagenet
+    from test_video import make_kinetics, make_ssv2
+
+    data = tmp_path / "data"
+    make_imagenet(data / "imagenet")
+    make_kinetics(data / "kinetics400")
+    make_kinetics(data / "kinetics600")
+    make_ssv2(data / "ssv2")
+    small = {"imagenet": ["batch_size=4", "eval_batch_size=4", "val_fraction=0.25"],
+             "k400": ["frames=4", "stride=1", "batch_size=2", "eval_batch_size=2", "val_fraction=0.25",
+                      "test_clips=1", "test_crops=1"],
+             "ssv2": ["frames=4", "batch_size=2", "eval_batch_size=2", "val_fraction=0.25", "test_crops=1"]}
+    small["k600"] = small["k400"]
+    overrides = [f"data.datasets.{d}.{kv}" for d in REAL[experiment] for kv in small[d] + ["num_workers=0"]]
+    proc = _nasx([f"experiment={experiment}", *TINY_VIT, *overrides, "space.max_frames=4", "data.num_workers=0",
+                  "train.warmup_steps=1", "retrain.warmup_steps=1", f"paths.data_dir={data}",
+                  f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_results(tmp_path / "run", REAL[experiment])
