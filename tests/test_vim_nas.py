@@ -172,3 +172,86 @@ def test_real_data_experiments_run_end_to_end_on_fixture_trees(experiment, tmp_p
                   f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_results(tmp_path / "run", REAL[experiment])
+
+
+def _vim_fit(tmp_path, epochs: int, callbacks: list, ckpt: str | None = None):
+    import lightning as L
+    from test_joint_data import joint
+
+    from nasx.spaces.vit import ArchParameters, ViTSpace
+    from nasx.stages import RngState, SaveLast
+    from nasx.training.vim import VIMTraining
+
+    L.seed_everything(0, verbose=False)
+    dm = joint(image_only_epochs=1)
+    dm.setup()
+    space = ViTSpace(name="t", embed_dims=(16, 24), depths=(1, 2), num_heads=(1, 2), mlp_ratios=(1.0, 2.0),
+                     head_dim=8, patch_size=4, input_size=8, in_channels=1, num_classes=dm.num_classes, max_frames=3)
+    alpha_batches = [[(dm._as_video(x), y) for x, y in m.calibration_batches(2, 16)] for m in dm.datamodules]
+    system = VIMTraining(space.supernet(), space, ArchParameters(space), dm.names, seed=0, alpha_batches=alpha_batches,
+                         augment={"digits": {"mixup": 0.8, "cutmix": 1.0}, "motion": {"random_erasing": 0.5}},
+                         label_smoothing={"digits": 0.1}, optimizer="adamw", lr=1e-3, weight_decay=0.05,
+                         warmup_steps=3)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+                        callbacks=[RngState(), SaveLast(tmp_path / "last.ckpt"), *callbacks])
+    trainer.fit(system, datamodule=dm, ckpt_path=ckpt)
+    return system
+
+
+def test_killed_vim_training_resumes_to_the_same_weights_alpha_and_optimizer_states(tmp_path):
+    """Weights, α, both optimizers and the schedule: a fit killed after epoch 1 of 3 and resumed from last.ckpt ends
+    bit-identical to an uninterrupted one (subnets, α's validation batches and the augmentation draws are functions
+    of (seed, step))."""
+    from test_joint_data import KillAfterEpoch, Killed
+
+    whole = _vim_fit(tmp_path / "a", 3, [])
+    with pytest.raises(Killed):
+        _vim_fit(tmp_path / "b", 3, [KillAfterEpoch(1)])
+    resumed = _vim_fit(tmp_path / "b", 3, [], ckpt=str(tmp_path / "b" / "last.ckpt"))
+    assert whole.global_step == resumed.global_step > 0
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(whole.alpha.heads, torch.zeros_like(whole.alpha.heads))  # α did move
+
+
+def test_an_alpha_step_moves_alpha_only_and_a_weight_step_only_the_sampled_slice():
+    """One VIM-NAS step: the weights outside the sampled subnet and the unused heads' classifiers keep their values;
+    α changes and gets a gradient through the mixed forward."""
+    from test_joint_data import joint
+
+    from nasx.spaces.vit import ArchParameters, ViTSpace
+    from nasx.training.optim import param_groups
+    from nasx.training.vim import VIMTraining
+
+    dm = joint(image_only_epochs=0)
+    dm.setup()
+    space = ViTSpace(name="t", embed_dims=(16, 24), depths=(1, 2), num_heads=(1, 2), mlp_ratios=(1.0, 2.0),
+                     head_dim=8, patch_size=4, input_size=8, in_channels=1, num_classes=dm.num_classes, max_frames=3)
+    net, alpha = space.supernet(), ArchParameters(space)
+    batches = [[(dm._as_video(x), y) for x, y in m.calibration_batches(1, 16)] for m in dm.datamodules]
+    system = VIMTraining(net, space, alpha, dm.names, seed=3, alpha_batches=batches, optimizer="adamw", lr=1e-2)
+    weights = SlicedAdamW(param_groups(net, 0.05), lr=1e-2)  # what configure_optimizers builds
+    alpha_opt = torch.optim.Adam(alpha.parameters(), lr=system.alpha_lr, betas=(0.5, 0.999))
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    alpha_before = alpha.heads.detach().clone()
+    arch = system.sampled_arch(0)
+    x, y = batches[0][0]
+    loss = torch.nn.functional.cross_entropy(net(x, arch, 0), y)
+    loss.backward()
+    weights.step()
+    d, layers = space.decode(arch)
+    after = net.state_dict()
+    fc1 = after["blocks.0.fc1.weight"]
+    assert torch.equal(fc1[layers[0][1]:], before["blocks.0.fc1.weight"][layers[0][1]:])  # hidden units unused
+    assert torch.equal(fc1[:, d:], before["blocks.0.fc1.weight"][:, d:])  # input dims beyond the embed dim
+    assert torch.equal(after["classifier.heads.1.weight"], before["classifier.heads.1.weight"])  # other head
+    # the α step
+    val = torch.nn.functional.cross_entropy(net.forward_mixed(x, alpha, embed=d, head=0), y)
+    grads = torch.autograd.grad(val, list(alpha.parameters()), allow_unused=True)
+    assert grads[0] is not None and grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
+    for p, g in zip(alpha.parameters(), grads):
+        p.grad = g
+    alpha_opt.step()
+    assert not torch.equal(alpha.heads, alpha_before)
