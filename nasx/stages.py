@@ -156,14 +156,21 @@ def read_torch(path: Path) -> dict:
         raise NasxError(f"'{path}' is unreadable ({type(e).__name__}); delete it and its stage restarts") from None
 
 
+def finished(stage_dir: Path, stage: str) -> bool:
+    """Whether a stage wrote its ``done.json`` (then it is skipped, and the log says so)."""
+    if (stage_dir / "done.json").exists():
+        log.info("%s: done already (%s)", stage, stage_dir / "done.json")
+        return True
+    return False
+
+
 # -- supernet ------------------------------------------------------------------------------------------------------
 def train_supernet(run, loss: Loss | None = None) -> None:
     """Train the run's supernet with uniform path sampling (``train.*``) into ``<run>/train/``; skipped when
     ``done.json`` is there. A DDP worker started by rank 0's fit never finds it (rank 0 writes it after the fit), so it
     joins the fit; one started later for the search (nasx.distributed) finds it and skips too."""
     stage_dir = run.dir / "train"
-    if (stage_dir / "done.json").exists():
-        log.info("train: done already (%s)", stage_dir / "done.json")
+    if finished(stage_dir, "train"):
         return
     c = run.cfg.train
     L.seed_everything(run.cfg.seed, workers=True, verbose=False)
@@ -216,8 +223,7 @@ def train_standalone(run, arch: Arch, stage: str, loss: Loss | None = None) -> N
     from the supernet's weights with ``retrain.init=inherited``); resumable, and skipped when ``done.json`` is
     there. Writes ``model.pt`` (the arch and its weights)."""
     stage_dir = run.dir / stage
-    if (stage_dir / "done.json").exists():
-        log.info("%s: done already (%s)", stage, stage_dir / "done.json")
+    if finished(stage_dir, stage):
         return
     c = run.cfg.retrain
     L.seed_everything(run.cfg.seed + 1, workers=True, verbose=False)

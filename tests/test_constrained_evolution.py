@@ -16,11 +16,11 @@ from nasx.arch import Arch, Budget
 from nasx.errors import ConfigError, InfeasibleBudgetError
 from nasx.evaluation.base import FunctionEvaluator
 from nasx.rewards import WeightedSum
-from nasx.search import ConstrainedEvolution, RandomSearch, Strategy
+from nasx.search import ConstrainedEvolution, RandomSearch
 from nasx.search.constrained_evolution import layer_index
 from nasx.search.loop import run_search
-from nasx.search.strategy import Outcome
 from nasx.spaces.vit import ViTSpace
+from test_strategies import run, told
 
 
 def vit(name: str = "t", depths=(2, 3, 4), num_heads=(1, 2), mlp_ratios=(1.0, 2.0)) -> ViTSpace:
@@ -37,19 +37,6 @@ def median_params(space, n: int = 401) -> float:
 def make(space, budget: Budget, seed: int = 0, **kw) -> ConstrainedEvolution:
     kw = {"generations": 5, "population": 12, "top_k": 4, "mutation_size": 6, "crossover_size": 6, **kw}
     return ConstrainedEvolution(space, budget, seed, **kw)
-
-
-def told(arch: Arch, reward: float) -> tuple[Arch, Outcome]:
-    return arch, Outcome((-reward,))
-
-
-def run(strategy: Strategy, reward) -> list[list[Arch]]:
-    asked = []
-    while not strategy.done:
-        cands = strategy.ask()
-        asked.append(cands)
-        strategy.tell([told(a, reward(a)) for a in cands])
-    return asked
 
 
 def target_reward(space: ViTSpace, seed: int):

@@ -144,12 +144,17 @@ def _fit(tmp_path, epochs: int, callbacks: list, ckpt: str | None = None) -> Joi
     dm = joint(image_only_epochs=1)
     dm.setup()
     system = JointTraining(MultiHead(Frames(), 16, dm.num_classes), dm.names, lr=0.05)
+    fit_with(system, dm, tmp_path, epochs, callbacks, ckpt)
+    return system
+
+
+def fit_with(system, dm, tmp_path, epochs: int, callbacks: list, ckpt: str | None) -> None:
+    """Fit on the CPU with nasx's resume callbacks (RNG state, last.ckpt after every epoch), from ``ckpt`` if given."""
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, default_root_dir=str(tmp_path),
                         callbacks=[RngState(), SaveLast(tmp_path / "last.ckpt"), *callbacks])
     trainer.fit(system, datamodule=dm, ckpt_path=ckpt)
-    return system
 
 
 def test_resumed_joint_fit_sees_the_same_data_sets_and_batches(tmp_path):

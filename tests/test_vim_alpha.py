@@ -15,6 +15,7 @@ from nasx.ops.vit import attend
 from nasx.search import perturbation
 from nasx.search.perturbation import mixed_top1, perturbation_select
 from nasx.spaces.vit import ArchParameters, ViTSpace, width_weights
+from test_vit_space import _supernet
 
 TINY = dict(name="t", embed_dims=(16, 24), depths=(1, 2), num_heads=(1, 2), mlp_ratios=(1.0, 2.0), head_dim=8,
             patch_size=4, input_size=8, in_channels=1, num_classes=3, max_frames=4)
@@ -22,14 +23,6 @@ TINY = dict(name="t", embed_dims=(16, 24), depths=(1, 2), num_heads=(1, 2), mlp_
 WIDE = {**TINY, "num_heads": (1, 2, 3), "mlp_ratios": (1.0, 1.5, 2.0), "super_embed_dim": 32}
 
 
-def _supernet(space: ViTSpace, seed: int = 0):
-    """Every parameter random (norm affines, biases and embeddings too), so a wrong slice or a wrong scale shows."""
-    torch.manual_seed(seed)
-    supernet = space.supernet()
-    with torch.no_grad():
-        for p in supernet.parameters():
-            p.normal_(0.0, 0.3)
-    return supernet.eval()
 
 
 def _x(space: ViTSpace, *lead: int) -> torch.Tensor:

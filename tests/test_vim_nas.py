@@ -176,10 +176,9 @@ def test_real_data_experiments_run_end_to_end_on_fixture_trees(experiment, tmp_p
 
 def _vim_fit(tmp_path, epochs: int, callbacks: list, ckpt: str | None = None):
     import lightning as L
-    from test_joint_data import joint
+    from test_joint_data import fit_with, joint
 
     from nasx.spaces.vit import ArchParameters, ViTSpace
-    from nasx.stages import RngState, SaveLast
     from nasx.training.vim import VIMTraining
 
     L.seed_everything(0, verbose=False)
@@ -192,11 +191,7 @@ def _vim_fit(tmp_path, epochs: int, callbacks: list, ckpt: str | None = None):
                          augment={"digits": {"mixup": 0.8, "cutmix": 1.0}, "motion": {"random_erasing": 0.5}},
                          label_smoothing={"digits": 0.1}, optimizer="adamw", lr=1e-3, weight_decay=0.05,
                          warmup_steps=3)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, default_root_dir=str(tmp_path),
-                        callbacks=[RngState(), SaveLast(tmp_path / "last.ckpt"), *callbacks])
-    trainer.fit(system, datamodule=dm, ckpt_path=ckpt)
+    fit_with(system, dm, tmp_path, epochs, callbacks, ckpt)
     return system
 
 

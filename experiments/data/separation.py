@@ -75,8 +75,9 @@ def main() -> None:
     print(f"seed gap: median {100 * np.median(gaps):.1f} points, max {100 * gaps.max():.1f}, "
           f"{int((gaps > 0.03).sum())} archs over 3 points")
     print(f"Kendall τ of MFLOPs against the seed-mean accuracy: {tau_cost:.3f}")
-    out = Path(args.json).with_name("separation_shufflenet_summary.json")
-    artifacts.write_json(out, {"command": "python experiments/data/separation.py", **summary,
+    out = Path(args.json).with_name(f"{Path(args.json).stem}_summary.json")
+    png = Path(args.json).with_name(f"{Path(args.json).stem}.png")
+    artifacts.write_json(out, {"command": "python experiments/data/separation.py " + " ".join(sys.argv[1:]), **summary,
                                "per_arch": [{"arch": x, "mflops": float(m), "seed_a": float(p), "seed_b": float(q)}
                                             for x, m, p, q in zip(archs, mflops, a, b)]})
     import matplotlib
@@ -93,8 +94,8 @@ def main() -> None:
     ax.set_title(f"cluttered digits, {len(archs)} shufflenet_cpu archs\nseed-to-seed τ = {tau:.2f} "
                  f"[{lo:.2f}, {hi:.2f}]", fontsize=9)
     fig.colorbar(sc, label="MFLOPs")
-    artifacts.save_figure(fig, Path(args.json).with_name("separation_shufflenet.png"))
-    print(f"wrote {out} and {Path(args.json).with_name('separation_shufflenet.png')}")
+    artifacts.save_figure(fig, png)
+    print(f"wrote {out} and {png}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def main() -> None:
                          "supernet here, so it needs --gt-only)")
     ap.add_argument("--n", type=int, default=24, help="architectures sampled (≥ 20)")
     ap.add_argument("--max-paths", type=int, default=2, help="m, the most paths active per layer (MixPath)")
-    ap.add_argument("--sample", choices=("uniform", "stratified"),
+    ap.add_argument("--sample", choices=("uniform", "stratified", "even"),
                     help="uniform: distinct archs uniform over the encodings; stratified [nasx]: a pool of 50·n "
                          "uniform archs sorted by MFLOPs, cut into n equal bins, one uniform draw per bin (random "
                          "archs that cover the space's cost range instead of crowding at its middle)")
@@ -300,7 +300,15 @@ def sample_archs(space, n: int, seed: int, how: str = "uniform") -> list:
     if how == "uniform":
         return pool
     pool.sort(key=lambda a: (space.cost(a).mflops, str(a)))
-    return [pool[b * size // n + rng.randrange(size // n)] for b in range(n)]
+    if how == "stratified":
+        return [pool[b * size // n + rng.randrange(size // n)] for b in range(n)]
+    # even: n targets evenly spaced in MFLOPs from the pool's cheapest to its dearest arch, the nearest unused arch each
+    cost = np.array([space.cost(a).mflops for a in pool])
+    picked: list[int] = []
+    for target in np.linspace(cost[0], cost[-1], n):
+        order = np.argsort(np.abs(cost - target), kind="stable")
+        picked.append(next(int(j) for j in order if int(j) not in picked))
+    return [pool[j] for j in picked]
 
 
 def _pair_taus(runs: list[dict], archs) -> dict[str, float]:

@@ -31,7 +31,7 @@ from nasx.methods.spos import SPOS, check_int
 from nasx.search.loop import run_search
 from nasx.search.perturbation import perturbation_select
 from nasx.search.plots import plot_search
-from nasx.stages import chosen_arch, fit, load_weights, optim_kwargs, read_artifact, read_torch
+from nasx.stages import chosen_arch, finished, fit, load_weights, optim_kwargs, read_artifact, read_torch
 from nasx.training.joint import JointTraining
 from nasx.training.vim import VIMTraining
 
@@ -115,8 +115,7 @@ class VIMNAS(SPOS):
     # -- stages --------------------------------------------------------------------------------------------------
     def train(self, run) -> None:
         stage_dir = run.dir / "train"
-        if (stage_dir / "done.json").exists():
-            log.info("train: done already (%s)", stage_dir / "done.json")
+        if finished(stage_dir, "train"):
             return
         c = run.cfg.train
         L.seed_everything(run.cfg.seed, workers=True, verbose=False)
@@ -182,8 +181,7 @@ class VIMNAS(SPOS):
     def retrain(self, run) -> None:
         arch, _ = chosen_arch(run)
         stage_dir = run.dir / "retrain"
-        if (stage_dir / "done.json").exists():
-            log.info("retrain: done already (%s)", stage_dir / "done.json")
+        if finished(stage_dir, "retrain"):
             return
         c = run.cfg.retrain
         L.seed_everything(run.cfg.seed + 1, workers=True, verbose=False)

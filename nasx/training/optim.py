@@ -23,6 +23,14 @@ def _box(t: torch.Tensor, extent: tuple[int, ...] | None) -> torch.Tensor:
     return t[tuple(slice(0, e) for e in extent)]
 
 
+def _closure(closure):
+    """``torch.optim``'s closure protocol: re-evaluate the loss with gradients on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class SlicedSGD(torch.optim.Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False):
         if lr < 0 or momentum < 0 or weight_decay < 0:
@@ -31,10 +39,7 @@ class SlicedSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure(closure)
         for group in self.param_groups:
             lr, mom, wd, nesterov = group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]
             params, grads, bufs = [], [], []
@@ -84,10 +89,7 @@ class SlicedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure(closure)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
