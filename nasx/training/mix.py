@@ -60,24 +60,27 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, 
 
 
 def random_erase(x: torch.Tensor, prob: float, g: torch.Generator, area: tuple[float, float] = (0.02, 1 / 3),
-                 aspect: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+                 aspect: tuple[float, float] = (0.3, 3.3), attempts: int = 10) -> torch.Tensor:
     """Each sample, with probability ``prob``: a rectangle of ``area`` of the frame (aspect log-uniform in
-    ``aspect``) replaced by standard normal noise, the same box on every frame of a clip."""
+    ``aspect``; the first of ``attempts`` draws that fits, as timm tries 10) replaced by standard normal noise, the same
+    box on every frame of a clip. Vectorised over the batch: one mask, one ``torch.where``."""
     if prob <= 0:
         return x
-    x = x.clone()
-    h, w = x.shape[-2:]
-    for i in range(x.shape[0]):
-        if float(torch.rand(1, generator=g)) >= prob:
-            continue
-        for _ in range(10):  # timm's attempts
-            target = float(torch.empty(1).uniform_(*area, generator=g)) * h * w
-            ratio = math.exp(float(torch.empty(1).uniform_(math.log(aspect[0]), math.log(aspect[1]), generator=g)))
-            eh, ew = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
-            if 0 < eh < h and 0 < ew < w:
-                top = int(torch.randint(0, h - eh + 1, (1,), generator=g))
-                left = int(torch.randint(0, w - ew + 1, (1,), generator=g))
-                noise = torch.randn(x[i, ..., top:top + eh, left:left + ew].shape, generator=g)
-                x[i, ..., top:top + eh, left:left + ew] = noise.to(x.device, x.dtype)
-                break
-    return x
+    b, (h, w) = x.shape[0], x.shape[-2:]
+    apply = torch.rand(b, generator=g) < prob
+    target = torch.empty(b, attempts).uniform_(*area, generator=g) * (h * w)
+    ratio = torch.empty(b, attempts).uniform_(math.log(aspect[0]), math.log(aspect[1]), generator=g).exp()
+    eh, ew = (target * ratio).sqrt().round().long(), (target / ratio).sqrt().round().long()
+    fits = (eh > 0) & (eh < h) & (ew > 0) & (ew < w)
+    first = fits.int().argmax(1, keepdim=True)  # the first attempt that fits
+    apply &= fits.any(1)
+    eh, ew = eh.gather(1, first).squeeze(1), ew.gather(1, first).squeeze(1)
+    top = (torch.rand(b, generator=g) * (h - eh + 1)).floor().long()
+    left = (torch.rand(b, generator=g) * (w - ew + 1)).floor().long()
+    rows, cols = torch.arange(h), torch.arange(w)
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None])
+    mask = mask.view(b, *([1] * (x.dim() - 3)), h, w).to(x.device)
+    noise = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+    return torch.where(mask, noise, x)
