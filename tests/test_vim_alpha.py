@@ -125,7 +125,7 @@ def test_depth_mixes_the_logits_of_the_candidate_depths_and_layers_past_the_larg
         torch.testing.assert_close(supernet.forward_mixed(x, alpha, embed=24), out)
 
 
-def test_gradients_reach_every_alpha_tensor_and_adam_steps_on_alpha_lower_the_validation_loss():
+def test_gradients_reach_every_choice_of_alpha_and_adam_steps_on_alpha_lower_the_validation_loss():
     space = ViTSpace(**TINY)
     supernet = _supernet(space, seed=3)
     alpha = ArchParameters(space)
@@ -134,8 +134,7 @@ def test_gradients_reach_every_alpha_tensor_and_adam_steps_on_alpha_lower_the_va
     loss.backward()
     for name in ("heads", "ratios", "depth"):
         grad = getattr(alpha, name).grad
-        assert grad is not None and grad.abs().sum() > 0, name
-    assert alpha.heads.grad[1].abs().sum() > 0 and alpha.ratios.grad[1].abs().sum() > 0  # the deepest layer too
+        assert grad is not None and (grad != 0).all(), f"{name}: a choice without gradient: {grad}"
     opt = torch.optim.Adam(alpha.parameters(), lr=0.1)
     weights = [p.detach().clone() for p in supernet.parameters()]
     losses = []
