@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nasx import artifacts, distributed, tracking

@@ -12,14 +12,11 @@
 * retrain  — that arch as a static multi-head ViT, trained jointly on the same data (``retrain=vim``) →
              ``retrain/model.pt``.
 * evaluate — test top-1 on every data set (multi-view clips averaged), and the supernet's validation top-1 of both
-             the selected and the evolved archs → ``results.json``, ``report.md``.
+             the selected and the evolved archs (as the search scored them) → ``results.json``, ``report.md``.
 """
 from __future__ import annotations
 
-import logging
-
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nasx import artifacts
@@ -35,7 +32,6 @@ from nasx.stages import chosen_arch, finished, fit, load_weights, optim_kwargs, 
 from nasx.training.joint import JointTraining
 from nasx.training.vim import VIMTraining
 
-log = logging.getLogger("nasx")
 FINALS = ("evolution", "selection")
 
 
@@ -91,7 +87,7 @@ class VIMNAS(SPOS):
         """The first ``n_batches`` (all: None) validation batches of every data set, as the model takes them."""
         run.data.setup("fit")
         out = {}
-        for name, module, loader in zip(run.data.names, run.data.datamodules, run.data.val_dataloader()):
+        for name, loader in zip(run.data.names, run.data.val_dataloader()):
             batches = []
             for x, y in loader:
                 batches.append((run.data._as_video(x), y))
@@ -201,9 +197,7 @@ class VIMNAS(SPOS):
         model = run.space.supernet().extract(arch)
         model.load_state_dict(read_torch(run.dir / "retrain" / "model.pt")["state_dict"])
         test = top1_per_head(model.to(run.device).eval(), self._test(run), names)
-        supernet, _ = self._supernet_and_alpha(run)
-        evaluator = JointEvaluator(supernet, self._validation(run, None), names, run.device)
-        found = {}
+        found = {}  # both archs as the search scored them (validation top-1 per data set with inherited weights)
         selection_path = run.dir / "search" / "selection.json"
         history = run.dir / "search" / "best.json"
         sources = {"selection": selection_path} if selection_path.exists() else {}
@@ -214,7 +208,7 @@ class VIMNAS(SPOS):
             a = run.space.validate(Arch.from_dict(rec["arch"], where=str(path)), where=str(path))
             cost = run.space.cost(a)
             found[source] = {"arch": a.to_dict(), "arch_str": str(a), "describe": run.space.describe(a),
-                             "params": cost.params, "mflops": cost.mflops, "supernet_val": evaluator.evaluate(a)}
+                             "params": cost.params, "mflops": cost.mflops, "supernet_val": rec["metrics"]}
         results = {**self.summary(run, arch, best), "datasets": names, "final": self.final, "found": found,
                    "retrain": {"test_top1": {n: test[f"top1/{n}"] for n in names}, "test_top1_mean": test["top1"],
                                "epochs": run.cfg.retrain.epochs, "init": run.cfg.retrain.init}}
