@@ -22,6 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from nasx.data.listing import first_per_class
 from nasx.data.memory import EpochSampler, calibration_indices, carve
+from nasx.data.randaugment import RandAugment
+from nasx.data.randaugment import rand_augment as parse_rand_augment
 from nasx.errors import ConfigError, DatasetError, one_line
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -82,8 +84,9 @@ def eval_transform(x: Tensor, size: int) -> Tensor:
 
 
 def train_transform(x: Tensor, size: int, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0),
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
-    """uint8 (3, h, w) -> float32 (3, size, size): random-resized crop, coin-flip mirror, normalise.
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3), policy: RandAugment | None = None) -> Tensor:
+    """uint8 (3, h, w) -> float32 (3, size, size): random-resized crop, coin-flip mirror, RandAugment ``policy``
+    when given (:mod:`nasx.data.randaugment`), normalise.
 
     The crop is torchvision's RandomResizedCrop algorithm: up to 10 draws of an area fraction in ``scale``
     and a log-uniform aspect ratio in ``ratio`` that must fit the image, else the central crop with the
@@ -110,6 +113,8 @@ def train_transform(x: Tensor, size: int, generator: torch.Generator, scale: tup
     out = resize(x[:, top:top + ch, left:left + cw], size, size)
     if float(torch.rand(1, generator=generator)) < 0.5:
         out = out.flip(-1)
+    if policy is not None:
+        out = policy(out, generator)
     return normalise(out)
 
 
@@ -123,9 +128,9 @@ class ImageFileDataset(Dataset):
     """
 
     def __init__(self, root: Path, files: np.ndarray, labels: Tensor, image_size: int, train: bool,
-                 seed: int = 0) -> None:
+                 seed: int = 0, policy: RandAugment | None = None) -> None:
         self.root, self.files, self.labels = root, files, labels
-        self.image_size, self.train, self.seed = image_size, train, seed
+        self.image_size, self.train, self.seed, self.policy = image_size, train, seed, policy
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -138,7 +143,7 @@ class ImageFileDataset(Dataset):
         x = decode(self.root / os.fsdecode(self.files[i]))
         if self.train:
             g = torch.Generator().manual_seed(hash((self.seed, self.epoch, int(i))) % (2**63))
-            return train_transform(x, self.image_size, g), self.labels[i]
+            return train_transform(x, self.image_size, g, policy=self.policy), self.labels[i]
         return eval_transform(x, self.image_size), self.labels[i]
 
 
@@ -157,7 +162,9 @@ class ImageNetDataModule(L.LightningDataModule):
       the first token is the wnid of ``val/<ImageId>.JPEG``).
 
     Batches are x (B, 3, image_size, image_size) float32 normalised with the ImageNet mean/std, y (B,) int64.
-    Training images get a random-resized crop and mirror when ``augment`` is set; everything else is
+    Training images get a random-resized crop and mirror when ``augment`` is set, then RandAugment when
+    ``rand_augment`` is (a timm policy string such as ``rand-m9-mstd0.5-inc1`` or a mapping; see
+    :mod:`nasx.data.randaugment`); everything else is
     resized to image_size / 0.875 and centre-cropped. ``max_per_class`` keeps the first (by file name)
     images of each class in train and test, for quick runs.
     """
@@ -167,8 +174,9 @@ class ImageNetDataModule(L.LightningDataModule):
 
     def __init__(self, root: str, image_size: int = 224, batch_size: int = 128, eval_batch_size: int = 500,
                  val_fraction: float = 0.04, seed: int = 0, augment: bool = True, num_workers: int = 0,
-                 max_per_class: int | None = None) -> None:
+                 max_per_class: int | None = None, rand_augment=None) -> None:
         super().__init__()
+        self.policy = parse_rand_augment(rand_augment)
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
                            ("image_size", image_size)):
             if int(value) < 1:
@@ -355,7 +363,8 @@ class ImageNetDataModule(L.LightningDataModule):
             raise ValueError(f"unknown split {name!r}; expected one of ('train', 'val', 'test')")
         self.setup()
         files, labels = self._splits[name]
-        return ImageFileDataset(self.root, files, labels, self.image_size, train, self.seed)
+        return ImageFileDataset(self.root, files, labels, self.image_size, train, self.seed,
+                                self.policy if train else None)
 
     def _loader(self, ds: ImageFileDataset, batch_size: int, **kwargs) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, num_workers=self.num_workers,

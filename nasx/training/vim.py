@@ -19,7 +19,8 @@ Per optimizer step (manual optimisation: two optimizers):
 ``alpha_weight_decay``: DARTS's settings); the validation batches are a fixed list of ``alpha_batches`` batches per
 data set, batch ``step mod n`` at step ``step`` (so that a resumed run continues identically); α starts moving at
 ``alpha_start_epoch``. Mixup, cutmix and random erasing per data set (``augment``; :mod:`nasx.training.mix`)
-[seed Tab. 10]; RandAugment is not implemented.
+[seed Tab. 10]; RandAugment runs per sample in the image data set's loader
+(``rand_augment`` of :class:`nasx.data.imagenet.ImageNetDataModule`).
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class VIMTraining(System):
             bad = sorted(set(a) - set(AUGMENTATIONS))
             if bad:
                 raise ConfigError(f"train.augment.{name}.{bad[0]}: unknown (nasx has {', '.join(AUGMENTATIONS)}; "
-                                  f"RandAugment is not implemented)")
+                                  f"RandAugment is data.datasets.<image set>.rand_augment)")
             for k, v in a.items():
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "random_erasing" and v > 1):
                     raise ConfigError(f"train.augment.{name}.{k} must be a number >= 0"
