@@ -24,6 +24,15 @@ def mark_extent(p: torch.Tensor, extent: tuple[int, ...]) -> None:
     setattr(p, _EXTENT, extent)
 
 
+def leading(t: torch.Tensor, extent: tuple[int, ...]) -> torch.Tensor:
+    """``t[:extent[0], :extent[1], ...]``, slicing only the dimensions not taken whole: each slice is one more autograd
+    node (and, in backward, a zero-filled full-size gradient), which a step of a small subnet notices."""
+    for dim, e in enumerate(extent):
+        if e != t.shape[dim]:
+            t = t.narrow(dim, 0, e)
+    return t
+
+
 def active_extent(p: torch.Tensor) -> tuple[int, ...] | None:
     """The recorded box, or ``None`` if ``p`` was used whole (or not recorded)."""
     return getattr(p, _EXTENT, None)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasx.ops.sliced import mark_extent
+from nasx.ops.sliced import leading, mark_extent
 
 
 # -- shared functional pieces -------------------------------------------------------------------------------------
@@ -118,11 +118,11 @@ class SlicedLinear(nn.Module):
 
     def sliced(self, in_features: int, out_features: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         mark_extent(self.weight, (out_features, in_features))
-        w = self.weight[:out_features, :in_features]
+        w = leading(self.weight, (out_features, in_features))
         if self.bias is None:
             return w, None
         mark_extent(self.bias, (out_features,))
-        return w, self.bias[:out_features]
+        return w, leading(self.bias, (out_features,))
 
     def forward(self, x: torch.Tensor, out_features: int | None = None) -> torch.Tensor:
         return F.linear(x, *self.sliced(x.shape[-1], out_features or self.max_out))
@@ -158,11 +158,11 @@ class SlicedQKV(nn.Module):
 
     def sliced(self, in_features: int, inner: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         mark_extent(self.weight, (3, inner, in_features))
-        w = self.weight[:, :inner, :in_features].reshape(3 * inner, in_features)
+        w = leading(self.weight, (3, inner, in_features)).reshape(3 * inner, in_features)
         if self.bias is None:
             return w, None
         mark_extent(self.bias, (3, inner))
-        return w, self.bias[:, :inner].reshape(3 * inner)
+        return w, leading(self.bias, (3, inner)).reshape(3 * inner)
 
     def forward(self, x: torch.Tensor, inner: int) -> torch.Tensor:
         return F.linear(x, *self.sliced(x.shape[-1], inner))
@@ -193,7 +193,7 @@ class SlicedLayerNorm(nn.Module):
         d = x.shape[-1]
         mark_extent(self.weight, (d,))
         mark_extent(self.bias, (d,))
-        return F.layer_norm(x, (d,), self.weight[:d], self.bias[:d], self.eps)
+        return F.layer_norm(x, (d,), leading(self.weight, (d,)), leading(self.bias, (d,)), self.eps)
 
     @torch.no_grad()
     def extract(self, dim: int) -> nn.LayerNorm:
@@ -217,7 +217,7 @@ class SlicedPatchEmbed(nn.Module):
     def sliced(self, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         mark_extent(self.weight, (dim,))
         mark_extent(self.bias, (dim,))
-        return self.weight[:dim], self.bias[:dim]
+        return leading(self.weight, (dim,)), leading(self.bias, (dim,))
 
     def forward(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         return patchify(x, *self.sliced(dim), self.patch)

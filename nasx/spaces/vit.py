@@ -47,7 +47,7 @@ from torch import nn
 
 from nasx.arch import Arch, Budget, Cost, SearchSpace
 from nasx.errors import InfeasibleBudgetError
-from nasx.ops.sliced import mark_extent
+from nasx.ops.sliced import leading, mark_extent
 from nasx.ops.vit import (Heads, PatchEmbed, SlicedLayerNorm, SlicedLinear, SlicedPatchEmbed, SlicedQKV,
                           assemble_tokens, attend, classify, drop_path, sliced_parameter)
 from nasx.spaces.vit_alpha import ArchParameters, _wider_than, width_weights  # noqa: F401 - re-exported
@@ -335,8 +335,9 @@ class ViTSupernet(nn.Module):
         temporal = None
         if self.temporal_embed is not None:
             mark_extent(self.temporal_embed, (1, patches.shape[1], d))
-            temporal = self.temporal_embed[:, :patches.shape[1], :d]
-        return assemble_tokens(patches, self.cls_token[..., :d], self.pos_embed[..., :d], temporal)
+            temporal = leading(self.temporal_embed, (1, patches.shape[1], d))
+        return assemble_tokens(patches, leading(self.cls_token, (1, 1, d)), leading(self.pos_embed, (1, 1 + s.patches, d)),
+                               temporal)
 
     def forward_features(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
         """-> (B, D) of ``arch``: the class token after the final layer norm."""

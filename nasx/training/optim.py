@@ -15,12 +15,11 @@ from __future__ import annotations
 import torch
 
 from nasx.ops import active_extent, clear_extents
+from nasx.ops.sliced import leading
 
 
 def _box(t: torch.Tensor, extent: tuple[int, ...] | None) -> torch.Tensor:
-    if extent is None or tuple(t.shape[:len(extent)]) == extent:
-        return t
-    return t[tuple(slice(0, e) for e in extent)]
+    return t if extent is None else leading(t, extent)
 
 
 def _closure(closure):
