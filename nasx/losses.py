@@ -7,6 +7,9 @@ systems sum the active terms (``conf/train/uniform.yaml``: ``loss: {ce: {_target
   gallery model), so only φ learns to live in the reference's embedding space.
 * :class:`Distillation` — Hinton et al. (2015): T²·KL(softmax(t/T) ‖ softmax(s/T)) against the reference model's
   logits (t detached), so the gradients keep their magnitude as T changes.
+* :class:`FocalDistillation` — Yan et al., "Positive-congruent training" (PCT, CVPR'22), REG-NAS's baseline
+  [seed Tab. 2]: per sample T²·KL(softmax(old/T) ‖ softmax(new/T)), weighted by α + β·1[the reference is right],
+  added to CE.
 
 A term that uses the reference model says so (``needs_reference``); the method supplies that model (a run's
 reference-model stage: CMP-NAS's gallery, REG-NAS's old model). A term with ``weight: 0`` is off.
@@ -102,6 +105,39 @@ class Distillation(LossTerm):
         return kd_loss(b.logits, teacher, self.temperature)
 
 
+def focal_distillation(new_logits: Tensor, old_logits: Tensor, y: Tensor, alpha: float = 1.0, beta: float = 5.0,
+                       temperature: float = 100.0) -> Tensor:
+    """PCT's focal distillation: ``mean_i w_i · T²·KL(softmax(old_i/T) ‖ softmax(new_i/T))`` with
+    ``w_i = α + β·1[argmax old_i = y_i]`` (the samples the reference gets right are the ones a negative flip can
+    lose). α = 1, β = 5 and T = 100 are the reference code's defaults [ref:
+    ``amazon-science/regression-constraint-model-upgrade``, ``FocalDistillationLoss``, focus type ``old_correct``].
+    [nasx] The weights multiply each sample's own KL, as the paper's formula says: the reference code multiplies an
+    (N, 1) weight column by an (N,) loss row, which broadcasts to (N, N) and averages to mean(w)·mean(KL)."""
+    old = old_logits.detach()
+    per_sample = F.kl_div(F.log_softmax(new_logits / temperature, dim=1), F.log_softmax(old / temperature, dim=1),
+                          reduction="none", log_target=True).sum(1) * temperature ** 2
+    weights = alpha + beta * (old.argmax(1) == y).to(per_sample.dtype)
+    return (weights * per_sample).mean()
+
+
+class FocalDistillation(LossTerm):
+    needs_reference = True
+
+    def __init__(self, weight: float = 1.0, alpha: float = 1.0, beta: float = 5.0, temperature: float = 100.0):
+        super().__init__(weight)
+        for key, v, ok in (("alpha", alpha, alpha >= 0), ("beta", beta, beta >= 0), ("temperature", temperature,
+                                                                                       temperature > 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok:
+                raise ConfigError(f"loss.fd.{key} must be a number {'> 0' if key == 'temperature' else '>= 0'}, "
+                                  f"got {v!r}")
+        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+
+    def __call__(self, b: Batch) -> Tensor:
+        with torch.no_grad():
+            old = b.reference(b.x)
+        return focal_distillation(b.logits, old, b.y, self.alpha, self.beta, self.temperature)
+
+
 class Loss:
     """The sum of the active terms (weight > 0), in config order: ``Σ weight · term``."""
 
@@ -113,7 +149,7 @@ class Loss:
         users = [name for name, t in self.terms.items() if t.needs_reference]
         if users and reference is None:
             raise ConfigError(f"{where}.{users[0]} needs a reference model, and this method has none (CMP-NAS's "
-                              f"gallery model: gallery=resnet_cpu)")
+                              f"gallery model: gallery=resnet_cpu; REG-NAS's previous family member)")
         self.reference = reference.eval().requires_grad_(False) if users else None
         self.needs_features = any(t.needs_features for t in self.terms.values())
 
@@ -152,7 +188,7 @@ def make_terms(terms_cfg, where: str = "train.loss") -> dict[str, LossTerm]:
             raise ConfigError(f"{where}.{name}: cannot build the term ({' '.join(str(e).split())})") from None
         if not isinstance(term, LossTerm):
             raise ConfigError(f"{where}.{name}: _target_ must be a nasx.losses term (CrossEntropy, BCT, "
-                              f"Distillation), got {type(term).__name__}")
+                              f"Distillation, FocalDistillation), got {type(term).__name__}")
         terms[name] = term
     return terms
 
