@@ -143,6 +143,12 @@ def make_reward(cfg) -> WeightedSum | Objectives:
     """The reward a ``conf/reward/*.yaml`` describes: ``weights`` → :class:`WeightedSum`, ``objectives`` →
     :class:`Objectives`."""
     name = cfg.get("name", "reward")
+    if cfg.get("lambda2") is not None:  # REG-NAS's R2 = λ1·top-1 − λ2·NFR [seed Eq. 4] (conf/reward/r2.yaml)
+        lam1, lam2 = cfg.get("lambda1", 1.0), cfg.get("lambda2")
+        for key, v in (("lambda1", lam1), ("lambda2", lam2)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"reward.{key} must be a number >= 0, got {v!r}")
+        return WeightedSum({"top1": float(lam1), "nfr": -float(lam2)}, name=name)
     if cfg.get("objectives") is not None:
         return Objectives(cfg["objectives"], name=name)
     return WeightedSum(cfg.get("weights"), name=name)

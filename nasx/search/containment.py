@@ -1,0 +1,67 @@
+"""Containment-aware search (CAS) [nasx; REG-NAS, METHODS.md §4]: a search space restricted to the architectures
+that contain a reference architecture — in every stage at least its depth, and in each of its active blocks at least
+its kernel and expand ratio — so that the new family member inherits every weight of the previous one.
+
+:class:`ContainingSpace` wraps a space that knows containment (``contains``, ``contain``, ``repair(..., floor=)``:
+:class:`nasx.spaces.ofa.OFAMobileNetV3Space`). Sampling, mutation and crossover go through the wrapped space and
+are then repaired into the constraint (every violated gene raised to the reference's), and budget repair never goes
+below the reference; so any strategy searches inside the constraint without knowing it. The cheapest containing
+architecture is the reference itself, so a budget below its cost fails at once, in one line.
+"""
+from __future__ import annotations
+
+import random
+
+from nasx.arch import Arch, Budget, Cost, SearchSpace
+from nasx.errors import ConfigError, InfeasibleBudgetError
+
+
+class ContainingSpace(SearchSpace):
+    def __init__(self, space: SearchSpace, reference: Arch, label: str = "the reference"):
+        if not hasattr(space, "contain"):
+            raise ConfigError(f"space '{space.name}' does not define containment: CAS needs an elastic space "
+                              f"(space=ofa_mbv3 or ofa_mbv3_cpu)")
+        self.space, self.reference, self.label = space, space.validate(reference), label
+        self.name, self.genes = space.name, space.genes
+
+    def __getattr__(self, item):  # supernet, describe, decode, input geometry…: the wrapped space's
+        if item in ("space", "reference", "label"):
+            raise AttributeError(item)
+        return getattr(self.space, item)
+
+    def cost(self, arch: Arch) -> Cost:
+        return self.space.cost(arch)
+
+    def min_cost(self) -> Cost:
+        return self.space.cost(self.reference)
+
+    def check_feasible(self, budget: Budget) -> None:
+        ref = self.space.cost(self.reference)
+        if budget.mflops is not None and ref.mflops > budget.mflops:
+            raise InfeasibleBudgetError(f"budget of {budget.mflops:g} MFLOPs is below {self.label}'s cost "
+                                        f"({ref.mflops:.3f} MFLOPs), which every containing arch exceeds")
+        if budget.params is not None and ref.params > budget.params * 1e6:
+            raise InfeasibleBudgetError(f"budget of {budget.params:g} M params is below {self.label}'s "
+                                        f"{ref.params / 1e6:.4f} M params, which every containing arch exceeds")
+
+    def contains_reference(self, arch: Arch) -> bool:
+        return self.space.contains(arch, self.reference)
+
+    def _in(self, arch: Arch) -> Arch:
+        return self.space.contain(arch, self.reference)
+
+    def repair(self, arch: Arch, budget: Budget, rng: random.Random) -> Arch:
+        self.check_feasible(budget)
+        return self.space.repair(self._in(arch), budget, rng, floor=self.reference)
+
+    def sample(self, rng: random.Random) -> Arch:
+        return self._in(self.space.sample(rng))
+
+    def train_sample(self, rng: random.Random) -> Arch:
+        return self._in(self.space.train_sample(rng))
+
+    def mutate(self, arch: Arch, rng: random.Random, prob: float) -> Arch:
+        return self._in(self.space.mutate(arch, rng, prob))
+
+    def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
+        return self._in(self.space.crossover(a, b, rng))
