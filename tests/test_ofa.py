@@ -151,3 +151,60 @@ def test_repair_fits_a_budget_and_an_infeasible_one_fails_in_one_line(space):
     with pytest.raises(InfeasibleBudgetError, match="infeasible") as e:
         space.repair(space.largest(), Budget(mflops=space.min_cost().mflops / 2), rng)
     assert "\n" not in str(e.value)
+
+
+# -- ResNet50D ---------------------------------------------------------------------------------------------------------
+RESNET_CPU = dict(name="ofa_resnet50d_cpu", stage_widths=[32, 64, 128, 256], stem_width=16, input_size=32, divisor=4,
+                  in_channels=3, num_classes=10)  # = conf/space/ofa_resnet50d_cpu.yaml
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    from nasx.spaces.ofa_resnet import OFAResNetSpace
+
+    space = OFAResNetSpace(**RESNET_CPU)
+    torch.manual_seed(0)
+    net = space.supernet()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return space, net.eval()
+
+
+def test_resnet_extract_cost_and_the_paper_range(resnet):
+    from nasx.spaces.ofa_resnet import OFAResNetSpace
+
+    space, net = resnet
+    x = torch.randn(3, 3, 32, 32)
+    for arch in _archs(space, n=4, seed=2):
+        static = net.extract(arch).eval()
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad():
+            assert torch.allclose(static(x), net(x, arch), atol=1e-5), space.describe(arch)
+            with counter:
+                static(x[:1])
+        assert counter.get_total_flops() / 2 / 1e6 == pytest.approx(space.cost(arch).mflops, rel=1e-9)
+        assert sum(p.numel() for p in static.parameters()) == space.cost(arch).params
+    paper = OFAResNetSpace(num_classes=1000)  # REG-NAS's ResNet family sits at 2000-5000 MFLOPs inside this range
+    assert paper.min_cost().mflops < 2000 and paper.cost(paper.largest()).mflops > 5000
+    assert paper.genes["e2_5"] == 3 and "e2_6" not in paper.genes  # stage 3: base 4 + up to 2 extra blocks
+
+
+def test_resnet_containment_widths_and_phases(resnet):
+    space, net = resnet
+    small = space.smallest()
+    big = space.largest()
+    assert space.contains(big, small)
+    a, b = net.extract(small), net.extract(big)
+    # the smallest net's first bottleneck is the leading slice of the largest's
+    for (na, pa), (nb, pb) in zip(a.blocks[0].named_parameters(), b.blocks[0].named_parameters()):
+        assert na == nb and torch.equal(pa, pb[tuple(slice(0, n) for n in pa.shape)])
+    rng = random.Random(0)
+    for _ in range(100):
+        arch = space.sample_elastic(rng, depth=[0, 1, 2], expand=[0.25, 0.35])
+        assert all(space.expands[arch[g]] in (0.25, 0.35) for g in space.genes if g.startswith("e"))
+        assert all(space.width_mults[arch[g]] == 1.0 for g in space.genes if g.startswith(("w", "stem_m", "stem_o")))
+    with pytest.raises(ConfigError, match="kernel is not elastic"):
+        space.sample_elastic(rng, kernel=[3, 5])

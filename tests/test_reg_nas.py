@@ -125,3 +125,33 @@ def test_family_search_keeps_the_references_logits_and_resumes_after_a_kill(tmp_
     matrix = results["nfr_matrix"]
     assert matrix[0][0] is None and all(0 <= matrix[i][j] <= 1 for i in range(3) for j in range(i + 1, 3))
     assert (killed / "family.png").exists() and "NFR" in (killed / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment,space", [
+    ("reg_nas_ofa_mbv3", ["space.stem_channels=8", "space.first_channels=8", "space.stage_widths=[8,8,12,12,16]",
+                          "space.final_expand=32", "space.feature_mix=32", "space.divisor=4",
+                          "method.budgets=[0.3,0.4,0.6]"]),
+    ("reg_nas_ofa_resnet", ["space.stage_widths=[16,16,32,32]", "space.stem_width=8", "space.divisor=4",
+                            "method.budgets=[1.0,1.3,1.6,2.0]"]),
+])
+def test_paper_experiments_run_end_to_end_on_an_imagenet_fixture(experiment, space, tmp_path):
+    """The paper's families on ImageNet folders (the real layout, written by the ImageNet tests' fixture), with the
+    networks and schedules shrunk so that the whole pipeline runs in seconds."""
+    from test_imagenet import make_imagenet
+
+    from nasx.runner import run
+
+    make_imagenet(tmp_path / "data" / "imagenet")
+    overrides = [f"experiment={experiment}", *space, "space.input_size=32", f"paths.data_dir={tmp_path / 'data'}",
+                 "data.batch_size=4", "data.eval_batch_size=4", "data.val_fraction=0.25", "data.num_workers=0",
+                 "train.epochs=2", "train.phases=[{name:full,epochs:1},{name:last,epochs:1,depth:[" +
+                 ("2,3,4" if experiment.endswith("mbv3") else "0,1,2") + "],subnets:2}]",
+                 "search.strategy.generations=1", "search.strategy.population=4", "search.strategy.top_k=2",
+                 "search.strategy.crossover_size=2", "search.bn_batches=1", "search.bn_batch_size=4",
+                 "method.bootstrap=100", "progress=false"]
+    results = run(compose(overrides, tmp_path / "run"))
+    n = len(results["members"])
+    assert n == (3 if experiment.endswith("mbv3") else 4)
+    assert [m["member"] for m in results["members"]] == [f"A{i + 1}" for i in range(n)]
+    assert results["test_samples"] == 6 and len(results["nfr_matrix"]) == n

@@ -36,6 +36,8 @@ DIMS = ("kernel", "depth", "expand")  # OFA's elastic dimensions, in progressive
 
 
 class OFAMobileNetV3Space(SearchSpace):
+    elastic_dims = DIMS
+
     def __init__(self, name: str = "ofa_mbv3", stem_channels: int = 16, first_channels: int = 16,
                  stage_widths: Sequence[int] = (24, 40, 80, 112, 160), strides: Sequence[int] = (2, 2, 2, 1, 2),
                  acts: Sequence[str] = ("relu", "relu", "h_swish", "h_swish", "h_swish"),

@@ -63,10 +63,11 @@ def parse_phases(phases: Sequence[Mapping], space, where: str = "train.phases") 
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0):
             raise ConfigError(f"{where}[{i}] ({name}).lr must be a number > 0 or null, got {lr!r}")
         elastic = {}
+        dims = getattr(space, "elastic_dims", DIMS)
         for dim in list(p):
-            if dim not in DIMS:
+            if dim not in dims:
                 raise ConfigError(f"{where}[{i}] ({name}).{dim}: unknown key (a phase has name, epochs, subnets, lr "
-                                  f"and the elastic dimensions {', '.join(DIMS)})")
+                                  f"and the elastic dimensions of space '{space.name}': {', '.join(dims)})")
             values = p.pop(dim)
             if values is not None:
                 elastic[dim] = list(values)
