@@ -155,3 +155,32 @@ def test_paper_experiments_run_end_to_end_on_an_imagenet_fixture(experiment, spa
     assert n == (3 if experiment.endswith("mbv3") else 4)
     assert [m["member"] for m in results["members"]] == [f"A{i + 1}" for i in range(n)]
     assert results["test_samples"] == 6 and len(results["nfr_matrix"]) == n
+
+
+@pytest.mark.slow
+def test_baselines_train_the_familys_archs_standalone_and_ws_r0_searches_without_containment(tmp_path):
+    """Tab. 2's rows as commands: weight sharing with R0 (no containment), and the independent and focal-distillation
+    models of a family's archs (trained from scratch; FD from the previous member's model)."""
+    from nasx.runner import run
+
+    ws = tmp_path / "ws"
+    r = run(compose([*SMALL, "method.variant=ws_r0"], ws))
+    fam = json.loads((ws / "search" / "family.json").read_text())
+    assert fam["variant"] == "ws_r0" and fam["containment"] is False
+    assert all(m["reward"] == "1·top1" for m in fam["members"]) and r["variant"] == "ws_r0"
+    family = ws / "search" / "family.json"
+    out = {}
+    for models in ("independent", "focal_distillation"):
+        d = tmp_path / models
+        out[models] = run(compose([*SMALL, f"method.models={models}", f"method.family={family}", "retrain.epochs=1",
+                                   "stages=[train,search,retrain,evaluate]"], d))
+        assert not (d / "train" / "last.ckpt").exists()  # no supernet for standalone models
+        assert [m["arch"] for m in out[models]["members"]] == [m["arch"] for m in fam["members"]]
+        for i in range(3):
+            assert (d / "retrain" / f"member_{i + 1}" / "model.pt").exists()
+    # the first member has no reference: both baselines train it identically
+    a1 = [out[m]["members"][0]["test_top1"]["value"] for m in out]
+    assert a1[0] == a1[1]
+    with pytest.raises(Exception, match="method.fd: temperature must be"):
+        run(compose([*SMALL, "method.models=focal_distillation", f"method.family={family}", "method.fd.temperature=0"],
+                    tmp_path / "bad"))

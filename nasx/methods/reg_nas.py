@@ -6,11 +6,17 @@
              each next member with ``reward`` (R2 = λ1·top-1 − λ2·NFR(A_{i−1} → A_i) on the validation split) inside
              the containment constraint of A_{i−1} (CAS, :mod:`nasx.search.containment`; ``method.containment:
              false`` searches without it) → ``search/member_<i>/`` (a resumable search each) and ``search/family.json``.
-* retrain  — none: the members keep their inherited supernet weights (REG-NAS's point is that they share them).
+* retrain  — none for REG-NAS: the members keep their inherited supernet weights (they share them). The baselines of
+             Tab. 2 [seed] train each member's arch standalone from scratch (``retrain.*``) into
+             ``retrain/member_<i>/``: ``method.models=independent`` with the retrain loss, ``method.models=
+             focal_distillation`` with PCT's focal distillation (``method.fd``) from the previous member's model added.
 * evaluate — every member's test top-1 and the pairwise NFR matrix on the test split, each with a paired bootstrap
              interval over the test images → ``results.json``, ``report.md``, ``family.png``.
 
-R0 / R2 with λ1 = λ2 = 1 [seed Eq. 4]; ``reward.lambda2=`` sweeps Tab. 1. Members are scored like every candidate
+R0 / R2 with λ1 = λ2 = 1 [seed Eq. 4]; ``reward.lambda2=`` sweeps Tab. 1. ``method.variant=ws_r0`` is Tab. 2's "weight
+sharing" row: every member searched with R0 alone, without containment, inherited weights. ``method.family=<a run's
+search/family.json>`` takes that family's archs instead of searching (how the independent and focal-distillation rows
+train exactly the REG-NAS archs) [nasx]. Members are scored like every candidate
 (extracted, BN recalibrated on ``search.bn_batches`` training batches), the reference included.
 """
 from __future__ import annotations
@@ -33,7 +39,9 @@ from nasx.rewards import make_reward
 from nasx.search.containment import ContainingSpace
 from nasx.search.loop import run_search
 from nasx.search.plots import plot_search
-from nasx.stages import fit, finished, load_weights, loss_of, optim_kwargs, read_artifact
+from nasx.losses import FocalDistillation, Loss, make_terms
+from nasx.stages import (fit, finished, load_model, load_weights, loss_of, optim_kwargs, read_artifact,
+                         train_standalone)
 from nasx.training.ofa import ProgressiveShrinking, parse_phases
 
 log = logging.getLogger("nasx")
@@ -43,10 +51,18 @@ class REGNAS(SPOS):
     name = "reg_nas"
     parallel_search = True
 
-    def __init__(self, budgets=(), first_reward=None, containment: bool = True, bootstrap: int = 2000):
+    VARIANTS = ("reg_nas", "ws_r0")
+    MODELS = ("inherited", "independent", "focal_distillation")
+
+    def __init__(self, budgets=(), first_reward=None, containment: bool = True, bootstrap: int = 2000,
+                 variant: str = "reg_nas", models: str = "inherited", family: str | None = None, fd=None):
         self.budgets = [float(b) for b in (budgets or [])]
         self.first_reward_cfg = first_reward
-        self.containment, self.bootstrap = bool(containment), int(bootstrap)
+        self.variant, self.models = str(variant), str(models)
+        self.containment = bool(containment) and self.variant == "reg_nas"
+        self.bootstrap = int(bootstrap)
+        self.family_path = Path(family) if family else None
+        self.fd = dict(fd or {"alpha": 1.0, "beta": 5.0, "temperature": 100.0})
 
     # -- checks ------------------------------------------------------------------------------------------------------
     def check_config(self, cfg: DictConfig) -> None:
@@ -54,6 +70,12 @@ class REGNAS(SPOS):
             raise ConfigError(f"method.budgets must list at least two MFLOPs budgets (A1 < A2 < …), got {self.budgets}")
         if any(b <= a for a, b in zip(self.budgets, self.budgets[1:])):
             raise ConfigError(f"method.budgets must increase (A1 < A2 < …), got {self.budgets}")
+        if self.variant not in self.VARIANTS:
+            raise ConfigError(f"method.variant must be one of {', '.join(self.VARIANTS)}, got '{self.variant}'")
+        if self.models not in self.MODELS:
+            raise ConfigError(f"method.models must be one of {', '.join(self.MODELS)}, got '{self.models}'")
+        if self.family_path is not None and not self.family_path.is_file():
+            raise ConfigError(f"method.family: no such file '{self.family_path}' (a REG-NAS run's search/family.json)")
         if self.bootstrap < 100:
             raise ConfigError(f"method.bootstrap must be >= 100 resamples, got {self.bootstrap}")
         for key, minimum in (("train.epochs", 0), ("search.bn_batches", 1), ("search.bn_batch_size", 1)):
@@ -78,6 +100,12 @@ class REGNAS(SPOS):
         if getattr(run.reward, "multi", False):
             raise ConfigError("reward: REG-NAS searches each member with one scalar reward (reward=r2)")
         self.check_loss(run, "train")
+        if self.models != "inherited":
+            self.check_loss(run, "retrain")
+            try:
+                FocalDistillation(**self.fd)  # bad method.fd values fail now
+            except (ConfigError, TypeError) as e:
+                raise ConfigError(f"method.fd: {str(e).removeprefix('loss.fd.')}") from None
         space.check_feasible(Budget(mflops=self.budgets[0]))
         ckpt = OmegaConf.select(run.cfg, "supernet.checkpoint")
         if ckpt:
@@ -100,6 +128,9 @@ class REGNAS(SPOS):
         return Path(ckpt) if ckpt else run.dir / "train" / "last.ckpt"
 
     def train(self, run) -> None:
+        if self.family_path is not None and self.models != "inherited":
+            log.info("train: no supernet needed (the archs of %s, trained standalone)", self.family_path)
+            return
         if OmegaConf.select(run.cfg, "supernet.checkpoint"):
             log.info("train: the supernet of %s (supernet.checkpoint)", self.supernet_checkpoint(run))
             return
@@ -137,6 +168,14 @@ class REGNAS(SPOS):
 
     def search(self, run) -> dict:
         out = run.dir / "search"
+        if self.family_path is not None:  # the archs of another run's family (the baselines train them)
+            family = read_artifact(self.family_path)
+            archs = [run.space.validate(Arch.from_dict(m["arch"]), where=str(self.family_path))
+                     for m in family["members"]]
+            family = {**family, "source": str(self.family_path)}
+            artifacts.write_json(out / "family.json", family)
+            log.info("search: the family of %s (%s)", self.family_path, ", ".join(map(str, archs)))
+            return family
         supernet = self.supernet(run)
         members: list[dict] = []
         reference: Arch | None = None
@@ -144,7 +183,7 @@ class REGNAS(SPOS):
             member_dir = out / f"member_{i + 1}"
             budget = Budget(mflops=mflops)
             space = self.member_space(run, reference, i)
-            reward = self.first_reward if reference is None else run.reward
+            reward = self.first_reward if reference is None or self.variant == "ws_r0" else run.reward
             strategy = self._strategy(run, space, budget, run.cfg.seed + i)
             evaluator = self.evaluator(run, reference, supernet=supernet)
             title = f"{run.cfg.name}: A{i + 1} ≤ {mflops:g} MFLOPs, {reward!r}"
@@ -167,15 +206,28 @@ class REGNAS(SPOS):
                             "contains_previous": None if reference is None else run.space.contains(arch, reference)})
             reference = arch
         family = {"experiment": run.cfg.name, "budgets": self.budgets, "containment": self.containment,
-                  "members": members}
+                  "variant": self.variant, "members": members}
         artifacts.write_json(out / "family.json", family)
         artifacts.write_json(out / "best.json", {"arch": members[-1]["arch"], "reward": members[-1]["search_reward"],
                                                  "metrics": members[-1]["val_metrics"]})
         return family
 
-    # -- retrain: none (inherited weights) ------------------------------------------------------------------------------
+    # -- retrain: the baselines' standalone models -----------------------------------------------------------------------
     def retrain(self, run) -> None:
-        log.info("retrain: REG-NAS keeps the members' inherited supernet weights; nothing to retrain")
+        if self.models == "inherited":
+            log.info("retrain: the members keep their inherited supernet weights (method.models=inherited)")
+            return
+        archs = self.archs(run)
+        for i, arch in enumerate(archs):
+            terms = make_terms(run.cfg.retrain.get("loss"), "retrain.loss")
+            reference = None
+            if self.models == "focal_distillation" and i > 0:
+                terms["fd"] = FocalDistillation(**self.fd)
+                reference = load_model(run, archs[i - 1], f"retrain/member_{i}")
+            train_standalone(run, arch, f"retrain/member_{i + 1}", Loss(terms, reference, "retrain.loss"))
+
+    def archs(self, run) -> list[Arch]:
+        return [run.space.validate(Arch.from_dict(m["arch"])) for m in self.family(run)["members"]]
 
     # -- evaluate -------------------------------------------------------------------------------------------------------
     def family(self, run) -> dict:
@@ -186,13 +238,15 @@ class REGNAS(SPOS):
 
     def evaluate(self, run) -> dict:
         family = self.family(run)
-        archs = [run.space.validate(Arch.from_dict(m["arch"])) for m in family["members"]]
-        ev = self.evaluator(run)
+        archs = self.archs(run)
+        ev = self.evaluator(run) if self.models == "inherited" else None
         run.data.setup("test")
         test = to_device(run.data.test_dataloader(), run.device)
         preds, top1 = [], []
-        for arch in archs:
-            metrics, p = scored_predictions(ev.model(arch), test)
+        for i, arch in enumerate(archs):
+            model = ev.model(arch) if ev is not None else \
+                load_model(run, arch, f"retrain/member_{i + 1}").to(run.device).eval()
+            metrics, p = scored_predictions(model, test)
             preds.append(p.cpu())
             top1.append(metrics["top1"])
         import torch
@@ -209,7 +263,8 @@ class REGNAS(SPOS):
             members.append({**m, "test_top1": own})
         results = {"experiment": run.cfg.name, "method": self.name, "seed": run.cfg.seed, "space": run.space.name,
                    "reward": repr(run.reward), "first_reward": repr(self.first_reward),
-                   "containment": self.containment, "test_samples": int(len(y)), "members": members,
+                   "containment": self.containment, "variant": self.variant, "models": self.models,
+                   "family_source": family.get("source"), "test_samples": int(len(y)), "members": members,
                    "consecutive": pairs, "nfr_matrix": nfr_matrix(preds, y)}
         self.plot(run, results)
         self.write_results(run, results)
@@ -265,8 +320,21 @@ class REGNAS(SPOS):
                                                             f"{100 * t['hi']:.2f}]", nfr])
         return ResultsTable(f"nasx · {r['experiment']}", ["member", "MFLOPs", "test top-1 % [95 % CI]",
                                                           "NFR % from previous [95 % CI]"], rows,
-                            notes=[f"A1: {r['first_reward']}; later members: {r['reward']}"
-                                   f"{' + containment' if r['containment'] else ''}"])
+                            notes=[self.describe_row(r)])
+
+    @staticmethod
+    def describe_row(r: dict) -> str:
+        models = {"inherited": "inherited supernet weights", "independent": "each arch trained from scratch",
+                  "focal_distillation": "each arch trained with focal distillation from the previous"}[
+            r.get("models", "inherited")]
+        if r.get("family_source"):
+            search = f"archs of {r['family_source']}"
+        elif r.get("variant") == "ws_r0":
+            search = f"every member searched with {r['first_reward']}"
+        else:
+            search = f"A1: {r['first_reward']}; later members: {r['reward']}" + \
+                (" + containment" if r["containment"] else "")
+        return f"{search}; {models}"
 
     def report(self, run, r: dict) -> str:
         t = self.table(r)
