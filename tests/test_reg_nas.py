@@ -20,7 +20,8 @@ from nasx.spaces.ofa import OFAMobileNetV3Space
 from test_ofa import CPU
 
 SMALL = [  # the digits at 8x8: a tiny REG-NAS run in seconds
-    "experiment=reg_nas_digits", "data=digits", "space.input_size=8", "method.budgets=[0.25,0.35,0.5]",
+    "experiment=reg_nas_digits", "data=digits", "~data.scale", "~data.distractors", "~data.texture", "~data.rotation",
+    "space.input_size=8", "method.budgets=[0.25,0.35,0.5]",
     "train.epochs=2", "train.phases=[{name:full,epochs:1},{name:expand,epochs:1,kernel:[3,5,7],depth:[2,3,4],"
     "expand:[3,4,6],subnets:2}]", "search.strategy.generations=2", "search.strategy.population=6",
     "search.strategy.top_k=2", "search.strategy.crossover_size=2", "search.bn_batches=2", "method.bootstrap=200",
@@ -160,7 +161,9 @@ def test_paper_experiments_run_end_to_end_on_an_imagenet_fixture(experiment, spa
 @pytest.mark.slow
 def test_baselines_train_the_familys_archs_standalone_and_ws_r0_searches_without_containment(tmp_path):
     """Tab. 2's rows as commands: weight sharing with R0 (no containment), and the independent and focal-distillation
-    models of a family's archs (trained from scratch; FD from the previous member's model)."""
+    models of a family's archs (A1 the inherited reference, later members trained from scratch; FD from the
+    previous member's model)."""
+    from nasx.errors import ConfigError
     from nasx.runner import run
 
     ws = tmp_path / "ws"
@@ -168,19 +171,23 @@ def test_baselines_train_the_familys_archs_standalone_and_ws_r0_searches_without
     fam = json.loads((ws / "search" / "family.json").read_text())
     assert fam["variant"] == "ws_r0" and fam["containment"] is False
     assert all(m["reward"] == "1·top1" for m in fam["members"]) and r["variant"] == "ws_r0"
-    family = ws / "search" / "family.json"
+    family, ckpt = ws / "search" / "family.json", ws / "train" / "last.ckpt"
     out = {}
     for models in ("independent", "focal_distillation"):
         d = tmp_path / models
-        out[models] = run(compose([*SMALL, f"method.models={models}", f"method.family={family}", "retrain.epochs=1",
-                                   "stages=[train,search,retrain,evaluate]"], d))
-        assert not (d / "train" / "last.ckpt").exists()  # no supernet for standalone models
+        out[models] = run(compose([*SMALL, f"method.models={models}", f"method.family={family}",
+                                   f"supernet.checkpoint={ckpt}", "retrain.epochs=1"], d))
+        assert not (d / "train" / "last.ckpt").exists()  # the family's supernet, not a new one
         assert [m["arch"] for m in out[models]["members"]] == [m["arch"] for m in fam["members"]]
-        for i in range(3):
-            assert (d / "retrain" / f"member_{i + 1}" / "model.pt").exists()
-    # the first member has no reference: both baselines train it identically
-    a1 = [out[m]["members"][0]["test_top1"]["value"] for m in out]
-    assert a1[0] == a1[1]
-    with pytest.raises(Exception, match="method.fd: temperature must be"):
-        run(compose([*SMALL, "method.models=focal_distillation", f"method.family={family}", "method.fd.temperature=0"],
-                    tmp_path / "bad"))
+        assert not (d / "retrain" / "member_1").exists()  # A1 is the reference, with its inherited weights
+        assert all((d / "retrain" / f"member_{i}" / "model.pt").exists() for i in (2, 3))
+        saved = torch.load(d / "test_predictions.pt", weights_only=True)
+        assert saved["predictions"].shape == (3, out[models]["test_samples"])
+    # A1 is the same inherited model in every row
+    assert out["independent"]["members"][0]["test_top1"] == out["focal_distillation"]["members"][0]["test_top1"] \
+        == r["members"][0]["test_top1"]
+    with pytest.raises(ConfigError, match="method.fd: temperature must be"):
+        run(compose([*SMALL, "method.models=focal_distillation", f"method.family={family}",
+                     f"supernet.checkpoint={ckpt}", "method.fd.temperature=0"], tmp_path / "bad"))
+    with pytest.raises(ConfigError, match="give method.family=.* and supernet.checkpoint="):
+        run(compose([*SMALL, "method.models=independent"], tmp_path / "bad2"))

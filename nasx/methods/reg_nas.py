@@ -8,8 +8,9 @@
              false`` searches without it) → ``search/member_<i>/`` (a resumable search each) and ``search/family.json``.
 * retrain  — none for REG-NAS: the members keep their inherited supernet weights (they share them). The baselines of
              Tab. 2 [seed] train each member's arch standalone from scratch (``retrain.*``) into
-             ``retrain/member_<i>/``: ``method.models=independent`` with the retrain loss, ``method.models=
-             focal_distillation`` with PCT's focal distillation (``method.fd``) from the previous member's model added.
+             ``retrain/member_<i>/`` (A1, the reference, keeps its inherited weights as in the paper's table):
+             ``method.models=independent`` with the retrain loss, ``method.models=focal_distillation`` with PCT's
+             focal distillation (``method.fd``) from the previous member's model added.
 * evaluate — every member's test top-1 and the pairwise NFR matrix on the test split, each with a paired bootstrap
              interval over the test images → ``results.json``, ``report.md``, ``family.png``.
 
@@ -94,6 +95,7 @@ class REGNAS(SPOS):
             raise ConfigError(f"train.phases last {total} epochs in all but train.epochs is {run.cfg.train.epochs}: "
                               f"make them agree")
         self.phases = phases
+        ckpt = OmegaConf.select(run.cfg, "supernet.checkpoint")
         self.first_reward = make_reward(self.first_reward_cfg or {"name": "r0", "weights": {"top1": 1.0}})
         for reward in (self.first_reward, run.reward):
             reward.check(list(FlipEvaluator.metrics) + ["mflops", "params"])
@@ -101,13 +103,16 @@ class REGNAS(SPOS):
             raise ConfigError("reward: REG-NAS searches each member with one scalar reward (reward=r2)")
         self.check_loss(run, "train")
         if self.models != "inherited":
+            if self.family_path is None or not ckpt:
+                raise ConfigError(f"method.models={self.models} trains the archs of a searched family against its A1 "
+                                  f"with inherited weights: give method.family=<run>/search/family.json and "
+                                  f"supernet.checkpoint=<run>/train/last.ckpt")
             self.check_loss(run, "retrain")
             try:
                 FocalDistillation(**self.fd)  # bad method.fd values fail now
             except (ConfigError, TypeError) as e:
                 raise ConfigError(f"method.fd: {str(e).removeprefix('loss.fd.')}") from None
         space.check_feasible(Budget(mflops=self.budgets[0]))
-        ckpt = OmegaConf.select(run.cfg, "supernet.checkpoint")
         if ckpt:
             if not Path(ckpt).is_file():
                 raise ConfigError(f"supernet.checkpoint: no such file '{ckpt}' (a REG-NAS run's train/last.ckpt)")
@@ -128,9 +133,6 @@ class REGNAS(SPOS):
         return Path(ckpt) if ckpt else run.dir / "train" / "last.ckpt"
 
     def train(self, run) -> None:
-        if self.family_path is not None and self.models != "inherited":
-            log.info("train: no supernet needed (the archs of %s, trained standalone)", self.family_path)
-            return
         if OmegaConf.select(run.cfg, "supernet.checkpoint"):
             log.info("train: the supernet of %s (supernet.checkpoint)", self.supernet_checkpoint(run))
             return
@@ -214,17 +216,29 @@ class REGNAS(SPOS):
 
     # -- retrain: the baselines' standalone models -----------------------------------------------------------------------
     def retrain(self, run) -> None:
+        """The baselines [seed Tab. 2]: A1 stays the reference with its inherited weights (the paper's "MB-R0-150" is
+        the OFA model); every later member's arch is trained standalone from scratch, with focal distillation from
+        the previous member's model (A1 inherited, later ones as this row trained them) for ``focal_distillation``."""
         if self.models == "inherited":
             log.info("retrain: the members keep their inherited supernet weights (method.models=inherited)")
             return
         archs = self.archs(run)
-        for i, arch in enumerate(archs):
+        for i, arch in enumerate(archs[1:], start=1):
             terms = make_terms(run.cfg.retrain.get("loss"), "retrain.loss")
             reference = None
-            if self.models == "focal_distillation" and i > 0:
+            if self.models == "focal_distillation":
                 terms["fd"] = FocalDistillation(**self.fd)
-                reference = load_model(run, archs[i - 1], f"retrain/member_{i}")
+                reference = self.member_model(run, archs, i - 1)
             train_standalone(run, arch, f"retrain/member_{i + 1}", Loss(terms, reference, "retrain.loss"))
+
+    def member_model(self, run, archs: list[Arch], i: int):
+        """Member i's model as this run evaluates it: inherited (BN recalibrated) for REG-NAS, weight sharing and A1;
+        the retrained one otherwise."""
+        if self.models == "inherited" or i == 0:
+            if getattr(self, "_inherited", None) is None:
+                self._inherited = self.evaluator(run)
+            return self._inherited.model(archs[i])
+        return load_model(run, archs[i], f"retrain/member_{i + 1}").to(run.device).eval()
 
     def archs(self, run) -> list[Arch]:
         return [run.space.validate(Arch.from_dict(m["arch"])) for m in self.family(run)["members"]]
@@ -239,19 +253,19 @@ class REGNAS(SPOS):
     def evaluate(self, run) -> dict:
         family = self.family(run)
         archs = self.archs(run)
-        ev = self.evaluator(run) if self.models == "inherited" else None
         run.data.setup("test")
         test = to_device(run.data.test_dataloader(), run.device)
         preds, top1 = [], []
         for i, arch in enumerate(archs):
-            model = ev.model(arch) if ev is not None else \
-                load_model(run, arch, f"retrain/member_{i + 1}").to(run.device).eval()
-            metrics, p = scored_predictions(model, test)
+            metrics, p = scored_predictions(self.member_model(run, archs, i), test)
             preds.append(p.cpu())
             top1.append(metrics["top1"])
         import torch
 
         y = torch.cat([b[1] for b in test]).cpu()
+        # per-sample predictions, for paired comparisons across runs (experiments/reg_nas/tab2.py)
+        artifacts.torch_save({"labels": y, "predictions": torch.stack(preds), "archs": [str(a) for a in archs]},
+                             run.dir / "test_predictions.pt")
         pairs = []
         for i in range(1, len(archs)):
             rep = flip_report(preds[i - 1], {"new": preds[i]}, y, resamples=self.bootstrap, seed=run.cfg.seed)
@@ -324,8 +338,9 @@ class REGNAS(SPOS):
 
     @staticmethod
     def describe_row(r: dict) -> str:
-        models = {"inherited": "inherited supernet weights", "independent": "each arch trained from scratch",
-                  "focal_distillation": "each arch trained with focal distillation from the previous"}[
+        models = {"inherited": "inherited supernet weights",
+                  "independent": "A1 inherited, later archs trained from scratch",
+                  "focal_distillation": "A1 inherited, later archs trained with focal distillation from the previous"}[
             r.get("models", "inherited")]
         if r.get("family_source"):
             search = f"archs of {r['family_source']}"

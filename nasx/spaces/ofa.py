@@ -15,6 +15,10 @@ Weights are shared as in OFA: a smaller expand ratio uses the leading channels, 
 centre of the 7×7 weight, a smaller depth the first blocks. So a subnet whose every active dimension is at least
 another's *contains* it (:meth:`OFAMobileNetV3Space.contains`), REG-NAS's containment [nasx CAS].
 
+``zero_init_residual`` [nasx, off by default; OFA initialises γ = 1] starts every residual block as the identity (γ = 0
+in its projection's BN): the CPU preset's 20 blocks otherwise sit at chance loss on the cluttered digits for epochs, as
+MixPath's CPU preset did (experiments/mixpath/RESULTS.md, "Why zero-init").
+
 Cost: multiply-accumulates of every conv and linear (SE's included) of the extracted static model, and its
 parameters (the kernel-transformation matrices are not part of it: they are folded into its kernels).
 """
@@ -28,14 +32,15 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from nasx.arch import Arch, Budget, Cost, SearchSpace
-from nasx.errors import ArchError, ConfigError, InfeasibleBudgetError
+from nasx.arch import Arch, Cost
+from nasx.errors import ArchError, ConfigError
 from nasx.ops.elastic import SE_REDUCTION, ElasticMBConv, activation, make_divisible
+from nasx.spaces.elastic import ElasticSpace
 
 DIMS = ("kernel", "depth", "expand")  # OFA's elastic dimensions, in progressive-shrinking order
 
 
-class OFAMobileNetV3Space(SearchSpace):
+class OFAMobileNetV3Space(ElasticSpace):
     elastic_dims = DIMS
 
     def __init__(self, name: str = "ofa_mbv3", stem_channels: int = 16, first_channels: int = 16,
@@ -44,7 +49,7 @@ class OFAMobileNetV3Space(SearchSpace):
                  se: Sequence[bool] = (False, True, False, True, True), kernels: Sequence[int] = (3, 5, 7),
                  expands: Sequence[float] = (3, 4, 6), depths: Sequence[int] = (2, 3, 4), final_expand: int = 960,
                  feature_mix: int = 1280, input_size: int = 224, in_channels: int = 3, num_classes: int = 1000,
-                 divisor: int = 8, dropout: float = 0.1):
+                 divisor: int = 8, dropout: float = 0.1, zero_init_residual: bool = False):
         n = len(stage_widths)
         for key, v in (("strides", strides), ("acts", acts), ("se", se)):
             if len(v) != n:
@@ -63,6 +68,7 @@ class OFAMobileNetV3Space(SearchSpace):
         self.final_expand, self.feature_mix = int(final_expand), int(feature_mix)
         self.input_size, self.in_channels, self.num_classes = int(input_size), int(in_channels), int(num_classes)
         self.divisor, self.dropout = int(divisor), float(dropout)
+        self.zero_init_residual = bool(zero_init_residual)
         self.genes = {}
         for s in range(n):
             self.genes[f"d{s}"] = len(self.depths)
@@ -92,12 +98,6 @@ class OFAMobileNetV3Space(SearchSpace):
 
     def describe(self, arch: Arch) -> str:
         return " | ".join(" ".join(f"k{k}e{e:g}" for k, e in stage) for stage in self.decode(self.validate(arch)))
-
-    def largest(self) -> Arch:
-        return Arch(self.name, tuple((g, n - 1) for g, n in self.genes.items()))
-
-    def smallest(self) -> Arch:
-        return Arch(self.name, tuple((g, 0) for g in self.genes))
 
     def from_values(self, kernel=None, expand=None, depth=None) -> Arch:
         """Every block at one kernel / expand ratio and every stage at one depth (values; None: the largest)."""
@@ -157,23 +157,6 @@ class OFAMobileNetV3Space(SearchSpace):
             + self.feature_mix * self.num_classes + self.num_classes
         return Cost(macs / 1e6, params)
 
-    def min_cost(self) -> Cost:
-        return self.cost(self.smallest())  # every elastic dimension raises the cost
-
-    def repair(self, arch: Arch, budget: Budget, rng: random.Random, floor: Arch | None = None) -> Arch:
-        """Lower random live genes (to a random smaller choice, not below ``floor``'s) until ``arch`` fits."""
-        self.check_feasible(budget)
-        arch = self.validate(arch)
-        while not budget.admits(self.cost(arch)):
-            low = (lambda g: 0) if floor is None else (lambda g: floor[g])  # noqa: E731
-            reducible = [g for g in self.live_genes(arch) if arch[g] > low(g)]
-            if not reducible:
-                raise InfeasibleBudgetError(f"no architecture of space '{self.name}' fits {budget}"
-                                            + ("" if floor is None else " and contains the reference"))
-            g = rng.choice(reducible)
-            arch = arch.replace(**{g: rng.randrange(low(g), arch[g])})
-        return arch
-
     # -- progressive shrinking ----------------------------------------------------------------------------------------
     def sample_elastic(self, rng: random.Random, kernel: Sequence[int] | None = None,
                        expand: Sequence[float] | None = None, depth: Sequence[int] | None = None) -> Arch:
@@ -194,19 +177,6 @@ class OFAMobileNetV3Space(SearchSpace):
                 idx.append(values.index(v))
             allowed[key] = sorted(set(idx))
         return Arch(self.name, tuple((g, rng.choice(allowed[g[0]])) for g in self.genes))
-
-    # -- containment (REG-NAS's CAS) ----------------------------------------------------------------------------------
-    def contains(self, big: Arch, small: Arch) -> bool:
-        """Whether ``big`` holds all of ``small``'s weights: in every stage at least its depth, and in each of its
-        active blocks at least its kernel and expand ratio."""
-        big, small = self.validate(big), self.validate(small)
-        return all(big[g] >= small[g] for g in self.live_genes(small))
-
-    def contain(self, arch: Arch, ref: Arch) -> Arch:
-        """The nearest architecture (gene by gene) that contains ``ref``: every violated live gene of ``ref`` raised
-        to ``ref``'s choice."""
-        arch, ref = self.validate(arch), self.validate(ref)
-        return arch.replace(**{g: ref[g] for g in self.live_genes(ref) if arch[g] < ref[g]})
 
     def supernet(self) -> "OFAMobileNetV3Supernet":
         return OFAMobileNetV3Supernet(self)
@@ -259,6 +229,10 @@ class OFAMobileNetV3Supernet(nn.Module):
             self.stages.append(blocks)
         self.head = _Head(c, s.final_expand, s.feature_mix)
         self.classifier = nn.Sequential(nn.Dropout(s.dropout), nn.Linear(s.feature_mix, s.num_classes))
+        if s.zero_init_residual:  # [nasx] every residual block starts as the identity (γ = 0 in its last BN)
+            for block in [self.first, *(b for blocks in self.stages for b in blocks)]:
+                if block.residual:
+                    nn.init.zeros_(block.project_bn.weight)
 
     def forward_features(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
         plan = self.space.decode(self.space.largest() if arch is None else self.space.validate(arch))

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasx.arch import Arch, Budget, Cost, SearchSpace
-from nasx.errors import ConfigError, InfeasibleBudgetError
+from nasx.arch import Arch, Cost
+from nasx.errors import ConfigError
 from nasx.ops.elastic import make_divisible
 from nasx.ops.sliced import SlicedBatchNorm2d, SlicedConv2d
+from nasx.spaces.elastic import ElasticSpace
 
 
 class ConvBN(nn.Module):
@@ -93,7 +94,7 @@ class ElasticBottleneck(nn.Module):
         return Bottleneck(body, shortcut)
 
 
-class OFAResNetSpace(SearchSpace):
+class OFAResNetSpace(ElasticSpace):
     def __init__(self, name: str = "ofa_resnet50d", base_depths: Sequence[int] = (2, 2, 4, 2),
                  stage_widths: Sequence[int] = (256, 512, 1024, 2048), stem_width: int = 64,
                  depths: Sequence[int] = (0, 1, 2), expands: Sequence[float] = (0.2, 0.25, 0.35),
@@ -148,12 +149,6 @@ class OFAResNetSpace(SearchSpace):
         stem = f"stem {mid}/{out}{'' if deep else ' (skip)'}"
         return " | ".join([stem] + [f"{w}: " + " ".join(f"e{e:g}" for e in es) for w, es in stages])
 
-    def largest(self) -> Arch:
-        return Arch(self.name, tuple((g, n - 1) for g, n in self.genes.items()))
-
-    def smallest(self) -> Arch:
-        return Arch(self.name, tuple((g, 0) for g in self.genes))
-
     # -- cost ---------------------------------------------------------------------------------------------------------
     def cost(self, arch: Arch) -> Cost:
         return self._cost(self.validate(arch))
@@ -189,22 +184,6 @@ class OFAResNetSpace(SearchSpace):
         params += c * self.num_classes + self.num_classes
         return Cost(macs / 1e6, params)
 
-    def min_cost(self) -> Cost:
-        return self.cost(self.smallest())
-
-    def repair(self, arch: Arch, budget: Budget, rng: random.Random, floor: Arch | None = None) -> Arch:
-        self.check_feasible(budget)
-        arch = self.validate(arch)
-        while not budget.admits(self.cost(arch)):
-            low = (lambda g: 0) if floor is None else (lambda g: floor[g])  # noqa: E731
-            reducible = [g for g in self.live_genes(arch) if arch[g] > low(g)]
-            if not reducible:
-                raise InfeasibleBudgetError(f"no architecture of space '{self.name}' fits {budget}"
-                                            + ("" if floor is None else " and contains the reference"))
-            g = rng.choice(reducible)
-            arch = arch.replace(**{g: rng.randrange(low(g), arch[g])})
-        return arch
-
     # -- progressive shrinking and containment -------------------------------------------------------------------------
     def sample_elastic(self, rng: random.Random, depth=None, expand=None, width=None, kernel=None) -> Arch:
         """A uniform draw in which each dimension takes only the listed values (None: its largest). ``depth`` lists
@@ -236,14 +215,6 @@ class OFAResNetSpace(SearchSpace):
             else:
                 genes.append((g, rng.choice(e)))
         return Arch(self.name, tuple(genes))
-
-    def contains(self, big: Arch, small: Arch) -> bool:
-        big, small = self.validate(big), self.validate(small)
-        return all(big[g] >= small[g] for g in self.live_genes(small))
-
-    def contain(self, arch: Arch, ref: Arch) -> Arch:
-        arch, ref = self.validate(arch), self.validate(ref)
-        return arch.replace(**{g: ref[g] for g in self.live_genes(ref) if arch[g] < ref[g]})
 
     def supernet(self) -> "OFAResNetSupernet":
         return OFAResNetSupernet(self)
