@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nasx import artifacts
@@ -255,13 +256,7 @@ class REGNAS(SPOS):
         archs = self.archs(run)
         run.data.setup("test")
         test = to_device(run.data.test_dataloader(), run.device)
-        preds, top1 = [], []
-        for i, arch in enumerate(archs):
-            metrics, p = scored_predictions(self.member_model(run, archs, i), test)
-            preds.append(p.cpu())
-            top1.append(metrics["top1"])
-        import torch
-
+        preds = [scored_predictions(self.member_model(run, archs, i), test)[1].cpu() for i in range(len(archs))]
         y = torch.cat([b[1] for b in test]).cpu()
         # per-sample predictions, for paired comparisons across runs (experiments/reg_nas/tab2.py)
         artifacts.torch_save({"labels": y, "predictions": torch.stack(preds), "archs": [str(a) for a in archs]},
@@ -272,7 +267,7 @@ class REGNAS(SPOS):
             pairs.append({"from": f"A{i}", "to": f"A{i + 1}", **{k: rep["new"][k] for k in ("nfr", "pfr", "top1")},
                           "reference_top1": rep["reference"]["top1"]})
         members = []
-        for i, (m, arch) in enumerate(zip(family["members"], archs)):
+        for i, m in enumerate(family["members"]):
             own = flip_report(preds[i], {}, y, resamples=self.bootstrap, seed=run.cfg.seed)["reference"]["top1"]
             members.append({**m, "test_top1": own})
         results = {"experiment": run.cfg.name, "method": self.name, "seed": run.cfg.seed, "space": run.space.name,

@@ -5,14 +5,16 @@ containment — one arch holding all of another's weights — is every *live* ge
 from __future__ import annotations
 
 import random
+from abc import abstractmethod
 
 from nasx.arch import Arch, Budget, Cost, SearchSpace
 from nasx.errors import InfeasibleBudgetError
 
 
 class ElasticSpace(SearchSpace):
-    def live_genes(self, arch: Arch) -> list[str]:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    @abstractmethod
+    def live_genes(self, arch: Arch) -> list[str]:
+        """The genes that change the network of ``arch`` (those of blocks past a depth do not)."""
 
     def largest(self) -> Arch:
         return Arch(self.name, tuple((g, n - 1) for g, n in self.genes.items()))
