@@ -117,16 +117,7 @@ class REGNAS(SPOS):
         if ckpt:
             if not Path(ckpt).is_file():
                 raise ConfigError(f"supernet.checkpoint: no such file '{ckpt}' (a REG-NAS run's train/last.ckpt)")
-        self._strategy(run, space, Budget(mflops=self.budgets[0]), run.cfg.seed)  # bad settings fail now
-
-    def _strategy(self, run, space, budget: Budget, seed: int):
-        from hydra.utils import instantiate
-
-        factory = instantiate(run.cfg.search.strategy, _partial_=True)
-        try:
-            return factory(space=space, budget=budget, seed=seed)
-        except TypeError as e:
-            raise ConfigError(f"search.strategy: {factory.func.__name__} refuses its settings ({e})") from None
+        self.make_strategy(run, space, Budget(mflops=self.budgets[0]))  # bad settings fail now
 
     # -- train -------------------------------------------------------------------------------------------------------
     def supernet_checkpoint(self, run):
@@ -187,7 +178,7 @@ class REGNAS(SPOS):
             budget = Budget(mflops=mflops)
             space = self.member_space(run, reference, i)
             reward = self.first_reward if reference is None or self.variant == "ws_r0" else run.reward
-            strategy = self._strategy(run, space, budget, run.cfg.seed + i)
+            strategy = self.make_strategy(run, space, budget, run.cfg.seed + i)
             evaluator = self.evaluator(run, reference, supernet=supernet)
             title = f"{run.cfg.name}: A{i + 1} ≤ {mflops:g} MFLOPs, {reward!r}"
             plot = lambda gen, records, d=member_dir, t=title, b=mflops: plot_search(  # noqa: E731

@@ -63,9 +63,10 @@ class SPOS(Method):
         """What this method's evaluator produces (a reward may name only these and the cost)."""
         return list(ClassificationEvaluator.metrics)
 
-    def make_strategy(self, run):
-        """The search strategy of ``search.strategy``, built now so that bad hyper-parameters fail before
-        training; a multi-objective strategy is told how many objectives the reward has."""
+    def make_strategy(self, run, space=None, budget=None, seed: int | None = None):
+        """The search strategy of ``search.strategy`` (on the run's space, budget and seed unless others are given),
+        built now so that bad hyper-parameters fail before training; a multi-objective strategy is told how many
+        objectives the reward has."""
         factory = instantiate(run.cfg.search.strategy, _partial_=True)
         needs = getattr(factory.func, "min_objectives", 1)
         extra = {}
@@ -75,7 +76,8 @@ class SPOS(Method):
                                   f"multi-objective reward such as reward=acc_mflops")
             extra["n_objectives"] = run.reward.n_objectives
         try:
-            return factory(space=run.space, budget=run.budget, seed=run.cfg.seed, **extra)
+            return factory(space=run.space if space is None else space, budget=run.budget if budget is None else budget,
+                           seed=run.cfg.seed if seed is None else seed, **extra)
         except TypeError as e:  # a key of another strategy (e.g. search=random under evolution's settings)
             raise ConfigError(f"search.strategy: {factory.func.__name__} refuses its settings ({e}); remove the "
                               f"key with ~search.strategy.<key>") from None
