@@ -87,7 +87,6 @@ def test_family_search_keeps_the_references_logits_and_resumes_after_a_kill(tmp_
     # the reference's logits inside the family's supernet are those of A1 extracted on its own
     from nasx.arch import Arch
     from nasx.stages import load_weights
-    cfg = compose([*SMALL], whole)
     sp = OFAMobileNetV3Space(**{**CPU, "input_size": 8, "in_channels": 1})
     supernet = load_weights(sp.supernet(), whole / "train" / "last.ckpt", "test").eval()
     a1, a2 = (sp.validate(Arch.from_dict(m["arch"])) for m in members[:2])
@@ -96,7 +95,6 @@ def test_family_search_keeps_the_references_logits_and_resumes_after_a_kill(tmp_
     alone = supernet.extract(a1).eval()
     with torch.no_grad():
         assert torch.allclose(supernet(x, a1), alone(x), atol=1e-5)
-    del cfg
 
     # killed during A2's search, then resumed: the same family
     killed = tmp_path / "killed"

@@ -65,6 +65,7 @@ class REGNAS(SPOS):
         self.bootstrap = int(bootstrap)
         self.family_path = Path(family) if family else None
         self.fd = dict(fd or {"alpha": 1.0, "beta": 5.0, "temperature": 100.0})
+        self._inherited: FlipEvaluator | None = None  # built once, when a member's inherited model is first needed
 
     # -- checks ------------------------------------------------------------------------------------------------------
     def check_config(self, cfg: DictConfig) -> None:
@@ -227,7 +228,7 @@ class REGNAS(SPOS):
         """Member i's model as this run evaluates it: inherited (BN recalibrated) for REG-NAS, weight sharing and A1;
         the retrained one otherwise."""
         if self.models == "inherited" or i == 0:
-            if getattr(self, "_inherited", None) is None:
+            if self._inherited is None:
                 self._inherited = self.evaluator(run)
             return self._inherited.model(archs[i])
         return load_model(run, archs[i], f"retrain/member_{i + 1}").to(run.device).eval()

@@ -30,7 +30,7 @@ from torch import nn
 from nasx.arch import Arch, Cost
 from nasx.errors import ConfigError
 from nasx.ops.elastic import make_divisible
-from nasx.ops.sliced import SlicedBatchNorm2d, SlicedConv2d
+from nasx.ops.sliced import SlicedBatchNorm2d, SlicedConv2d, leading, mark_extent
 from nasx.spaces.elastic import ElasticSpace
 
 
@@ -262,7 +262,6 @@ class OFAResNetSupernet(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(s.dropout), nn.Linear(c, s.num_classes))
 
     def _linear(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from nasx.ops.sliced import leading, mark_extent
         lin = self.classifier[1]
         mark_extent(lin.weight, (lin.out_features, c))
         return leading(lin.weight, (lin.out_features, c)), lin.bias
