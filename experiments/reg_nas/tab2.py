@@ -2,7 +2,8 @@
 from A1, and the relative change C(REG-NAS, row) = (M(REG-NAS) − M(row)) / M(row) of both, next to the paper's numbers.
 
 Each row is one or more run directories (several seeds are averaged, as the paper averages weight sharing and
-REG-NAS over three); every run must have evaluated the same test images (``test_predictions.pt``). Intervals are
+REG-NAS over three; each row's per-run values and their standard deviation over seeds are kept in the JSON,
+because the bootstrap over test images does not see the seed-to-seed spread); every run must have evaluated the same test images (``test_predictions.pt``). Intervals are
 percentile bootstraps over the test images, paired: one draw of images per replicate for every run, so a row's
 difference to REG-NAS keeps the correlation of predictions on the same images.
 
@@ -93,22 +94,32 @@ def main() -> None:
                 d_lo, d_hi = interval(rep - reg[metric][1])
                 entry[f"{metric}_minus_reg_nas"] = {"value": 100 * float(v - reg[metric][0]), "lo": 100 * d_lo,
                                                     "hi": 100 * d_hi}
+        per_run = []
+        for k, r in enumerate(rows[name]):
+            col = index[(name, k)]
+            per_run.append({"run": r["run"], "seed": r["results"].get("seed"), "top1": 100 * float(point[col]),
+                            "nfr": 100 * float(point[col + 1]), "reference_top1": 100 * float(point[col + 2])})
+        entry["per_run"] = per_run
+        if len(per_run) > 1:  # the spread over seeds, which the bootstrap over test images does not see
+            for metric in ("top1", "nfr"):
+                entry[f"{metric}_seed_sd"] = float(torch.tensor([p[metric] for p in per_run]).std())
         out_rows[name] = entry
     table = {"pair": f"A{args.pair} -> A{args.pair + 1}", "test_samples": int(len(labels)),
              "resamples": args.resamples, "rows": out_rows, "paper_mbv3": PAPER_MBV3,
              "command": " ".join(["python experiments/reg_nas/tab2.py", *sys.argv[1:]])}
     artifacts.write_json(Path(args.out), table)
-    print(f"| row | A{j + 1} top-1 % | C top-1 % | NFR A{j}→A{j + 1} % | C NFR % | NFR − REG-NAS [95 % CI] | "
-          f"paper top-1 / NFR / C NFR |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| row | runs | A{j + 1} top-1 % | C top-1 % | NFR A{j}→A{j + 1} % | C NFR % | NFR − REG-NAS [95 % CI] | "
+          f"NFR per run | paper top-1 / NFR / C NFR |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, e in out_rows.items():
         p = PAPER_MBV3["rows"].get(name, {})
         paper = f"{p['top1']} / {p['nfr']} / {p['nfr_C']:+g}" if p else ""
         d = e["nfr_minus_reg_nas"]
-        print(f"| {name} | {e['top1']['value']:.2f} [{e['top1']['lo']:.2f}, {e['top1']['hi']:.2f}] | "
+        per = ", ".join(f"{p['nfr']:.2f}" for p in e["per_run"])
+        print(f"| {name} | {len(e['per_run'])} | {e['top1']['value']:.2f} [{e['top1']['lo']:.2f}, {e['top1']['hi']:.2f}] | "
               f"{e['top1_C']['value']:+.2f} | {e['nfr']['value']:.2f} [{e['nfr']['lo']:.2f}, {e['nfr']['hi']:.2f}] | "
               f"{e['nfr_C']['value']:+.1f} [{e['nfr_C']['lo']:+.1f}, {e['nfr_C']['hi']:+.1f}] | "
-              f"{d['value']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] | {paper} |")
+              f"{d['value']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] | {per} | {paper} |")
 
 
 if __name__ == "__main__":

@@ -137,7 +137,8 @@ class REGNAS(SPOS):
         c = run.cfg.train
         L.seed_everything(run.cfg.seed, workers=True, verbose=False)
         system = ProgressiveShrinking(run.space.supernet(), run.space, self.phases, seed=run.cfg.seed,
-                                      kd_ratio=c.get("kd_ratio", 1.0), checkpoint_dir=str(stage_dir),
+                                      kd_ratio=c.get("kd_ratio", 1.0),
+                                      sort_channels=c.get("sort_channels", True), checkpoint_dir=str(stage_dir),
                                       loss=loss_of(c, "train"), **optim_kwargs(c))
         trainer = fit(run, system, stage_dir, c.epochs)
         if trainer.global_rank == 0:

@@ -13,6 +13,12 @@ elastic_nn/modules/dynamic_layers.py`` and ``dynamic_op.py``; nasx's own code].
 
 Every op records the box it used (``mark_extent``) and ``extract``s plain modules holding copies, so an extracted
 block computes in eval mode what the elastic block computes.
+
+Channel sorting [ref: OFA's ``re_organize_middle_weights``]: before the elastic-expand phases OFA permutes every
+block's middle channels so that the most important come first (importance: the L1 norm of the project conv's weights
+reading the channel), which makes the leading channels a small expand ratio keeps the ones that matter most. A
+permutation of middle channels leaves the full network's function unchanged. Channels already trained as the prefix
+of a smaller ratio (``bands``) keep their band (OFA's ``expand_ratio_stage``), and are only re-sorted inside it.
 """
 from __future__ import annotations
 
@@ -25,6 +31,42 @@ from torch import nn
 from nasx.ops.sliced import SlicedBatchNorm2d, SlicedConv2d, leading, mark_extent
 
 SE_REDUCTION = 4
+
+
+def importance_order(importance: torch.Tensor, bands: Sequence[int] = ()) -> torch.Tensor:
+    """The channel order OFA's sort gives: descending importance, but a channel stays in its band, the bands being
+    cut at the widths in ``bands`` (prefixes already trained as smaller widths). OFA adds −1e5 per band to the
+    importance; here the sort is by (band, −importance), which is the same order without a magic constant."""
+    n = importance.numel()
+    band = torch.zeros(n, dtype=torch.long)
+    for edge in sorted({int(b) for b in bands if 0 < int(b) < n}):
+        band[edge:] += 1
+    order = torch.argsort(-importance.detach().float().cpu(), stable=True)
+    return order[torch.argsort(band[order], stable=True)]
+
+
+class ChannelPermuter:
+    """``permute(t, dim, idx)``: reorder tensor ``t`` in place along ``dim``; for a parameter, also every optimizer
+    state tensor of its shape (momentum, Adam moments, per-entry step counts), so training continues as if the
+    channels had always been in that order."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer] = ()):
+        self.optimizers = list(optimizers)
+
+    @torch.no_grad()
+    def __call__(self, t: torch.Tensor, dim: int, idx: torch.Tensor) -> None:
+        idx = idx.to(t.device)
+        t.copy_(t.index_select(dim, idx))
+        for opt in self.optimizers:
+            state = opt.state.get(t) if isinstance(t, nn.Parameter) else None
+            for v in (state or {}).values():
+                if torch.is_tensor(v) and v.shape == t.shape:
+                    v.copy_(v.index_select(dim, idx.to(v.device)))
+
+    def bn(self, bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
+        for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+            if t is not None:
+                self(t, 0, idx)
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -185,6 +227,29 @@ class ElasticMBConv(nn.Module):
             h = self.se(h)
         h = self.project_bn(self.project(h, self.cout))
         return h + x if self.residual else h
+
+    @torch.no_grad()
+    def reorganize_middle(self, bands: Sequence[int], permute: ChannelPermuter) -> torch.Tensor | None:
+        """OFA's sort of this block's middle channels (see the module docstring); ``None`` for a block without an
+        expand conv (its middle channels are its input's: OFA skips the first block too)."""
+        if not self.has_expand:
+            return None
+        idx = importance_order(self.project.weight.abs().sum(dim=(0, 2, 3)), bands)
+        permute(self.project.weight, 1, idx)
+        if self.se is not None:
+            se = self.se
+            permute(se.expand.weight, 0, idx)
+            permute(se.expand.bias, 0, idx)
+            permute(se.reduce.weight, 1, idx)
+            hidden = importance_order(se.expand.weight.abs().sum(dim=(0, 2, 3)))  # SE's own hidden units, unbanded
+            permute(se.expand.weight, 1, hidden)
+            permute(se.reduce.weight, 0, hidden)
+            permute(se.reduce.bias, 0, hidden)
+        permute.bn(self.dw_bn, idx)
+        permute(self.dw.conv.weight, 0, idx)
+        permute.bn(self.expand_bn, idx)
+        permute(self.expand_conv.weight, 0, idx)
+        return idx
 
     @torch.no_grad()
     def extract(self, k: int, e: float) -> MBConv:

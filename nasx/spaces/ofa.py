@@ -34,7 +34,7 @@ from torch import nn
 
 from nasx.arch import Arch, Cost
 from nasx.errors import ArchError, ConfigError
-from nasx.ops.elastic import SE_REDUCTION, ElasticMBConv, activation, make_divisible
+from nasx.ops.elastic import SE_REDUCTION, ChannelPermuter, ElasticMBConv, activation, make_divisible
 from nasx.spaces.elastic import ElasticSpace
 
 DIMS = ("kernel", "depth", "expand")  # OFA's elastic dimensions, in progressive-shrinking order
@@ -244,6 +244,15 @@ class OFAMobileNetV3Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
         return self.classifier(self.forward_features(x, arch))
+
+    @torch.no_grad()
+    def reorganize_middle(self, keep: Sequence[float] = (), permute: ChannelPermuter | None = None) -> None:
+        """OFA's channel sort in every block with an expand conv; ``keep``: expand ratios whose leading channels have
+        been trained as a sub-width already (their channel sets stay, re-sorted inside)."""
+        permute = permute or ChannelPermuter()
+        for blocks in self.stages:
+            for block in blocks:
+                block.reorganize_middle([block.mids[float(e)] for e in keep if float(e) in block.mids], permute)
 
     @torch.no_grad()
     def extract(self, arch: Arch) -> MobileNetV3:

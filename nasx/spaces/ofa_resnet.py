@@ -29,7 +29,7 @@ from torch import nn
 
 from nasx.arch import Arch, Cost
 from nasx.errors import ConfigError
-from nasx.ops.elastic import make_divisible
+from nasx.ops.elastic import ChannelPermuter, importance_order, make_divisible
 from nasx.ops.sliced import SlicedBatchNorm2d, SlicedConv2d, leading, mark_extent
 from nasx.spaces.elastic import ElasticSpace
 
@@ -83,6 +83,18 @@ class ElasticBottleneck(nn.Module):
         h = self.conv3(self.conv2(self.conv1(x, mid), mid), out)
         s = self.down(self._pool(x), out) if self.projects(x.shape[1], out) else x
         return F.relu(h + s)
+
+    @torch.no_grad()
+    def reorganize_middle(self, bands: Sequence[int], permute: ChannelPermuter) -> None:
+        """OFA's sort of the bottleneck's two middle widths [ref: ``DynamicResNetBottleneckBlock.
+        re_organize_middle_weights``]: conv2's outputs by the L1 norm of conv3's weights reading them, then conv1's
+        outputs by that of conv2's (after the first permutation); ``bands`` as in
+        :func:`nasx.ops.elastic.importance_order`."""
+        for reader, writer in ((self.conv3, self.conv2), (self.conv2, self.conv1)):
+            idx = importance_order(reader.conv.weight.abs().sum(dim=(0, 2, 3)), bands)
+            permute(reader.conv.weight, 1, idx)
+            permute.bn(writer.bn, idx)
+            permute(writer.conv.weight, 0, idx)
 
     def extract(self, cin: int, mid: int, out: int) -> Bottleneck:
         body = nn.Sequential(self.conv1.extract(cin, mid), self.conv2.extract(mid, mid), self.conv3.extract(mid, out))
@@ -278,6 +290,17 @@ class OFAResNetSupernet(nn.Module):
                 x = block(x, s.mid(width, e), width)
         f = self.classifier[0](x.mean((2, 3)))
         return F.linear(f, *self._linear(f.shape[1]))
+
+    @torch.no_grad()
+    def reorganize_middle(self, keep: Sequence[float] = (), permute: ChannelPermuter | None = None) -> None:
+        """OFA's channel sort in every bottleneck; ``keep``: expand ratios already trained as sub-widths, their band
+        edges taken at the stage's largest width (as OFA does)."""
+        permute = permute or ChannelPermuter()
+        s = self.space
+        for i, blocks in enumerate(self.stages):
+            bands = [s.mid(max(s.stage_outs[i]), float(e)) for e in keep]
+            for block in blocks:
+                block.reorganize_middle(bands, permute)
 
     @torch.no_grad()
     def extract(self, arch: Arch) -> ResNet:

@@ -16,6 +16,13 @@ From the second phase on, every subnet also learns from the full network as it s
 (a frozen copy, OFA's teacher): ``kd_ratio · CE(softmax(teacher), student)`` with soft targets at temperature 1 (OFA's
 ``kd_type='ce'``), added to the configured loss. The teacher is kept in every checkpoint, so a resumed run distils
 from the same network. Subnets are a pure function of (seed, step), as in :mod:`nasx.training.supernet`.
+
+Channel sorting (``train.sort_channels``, on by default) [ref: ``train_ofa_net.py`` calls
+``re_organize_middle_weights`` when an expand phase starts]: at the first step of every phase that allows a smaller
+expand ratio than the phase before it, every block's middle channels are permuted by importance (the supernet's
+``reorganize_middle``); the ratios the previous phase already trained keep their channel sets (OFA's
+``expand_ratio_stage``). The optimizer's state is permuted with the weights, and the phases already sorted are kept in
+checkpoints, so a resumed run sorts each phase exactly once.
 """
 from __future__ import annotations
 
@@ -29,10 +36,12 @@ import torch.nn.functional as F
 
 from nasx.arch import step_rng
 from nasx.errors import ConfigError
+from nasx.ops.elastic import ChannelPermuter
 from nasx.training.supernet import SupernetTraining
 
 DIMS = ("kernel", "depth", "expand")
 TEACHER_KEY = "nasx_ofa_teacher"
+SORTED_KEY = "nasx_ofa_sorted_phases"
 MAX_SUBNETS = 16  # subnet j of step t is drawn from (seed, 16·t + j)
 
 
@@ -84,11 +93,15 @@ def soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
 
 
 class ProgressiveShrinking(SupernetTraining):
-    def __init__(self, model, space, phases: Sequence[Phase], seed: int = 0, kd_ratio: float = 1.0, **optim):
+    def __init__(self, model, space, phases: Sequence[Phase], seed: int = 0, kd_ratio: float = 1.0,
+                 sort_channels: bool = True, **optim):
         super().__init__(model, space, seed=seed, warmup_epochs=0, **optim)
         if not isinstance(kd_ratio, (int, float)) or isinstance(kd_ratio, bool) or kd_ratio < 0:
             raise ConfigError(f"train.kd_ratio must be a number >= 0, got {kd_ratio!r}")
-        self.phases, self.kd_ratio = list(phases), float(kd_ratio)
+        if not isinstance(sort_channels, bool):
+            raise ConfigError(f"train.sort_channels must be true or false, got {sort_channels!r}")
+        self.phases, self.kd_ratio, self.sort_channels = list(phases), float(kd_ratio), sort_channels
+        self.sorted_phases: list[int] = []
         self.ends = [sum(p.epochs for p in self.phases[:i + 1]) for i in range(len(self.phases))]
         self.teacher: torch.nn.Module | None = None
 
@@ -140,11 +153,34 @@ class ProgressiveShrinking(SupernetTraining):
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         return self.teacher
 
+    # -- channel sorting --------------------------------------------------------------------------------------------
+    def sort_keep(self, i: int) -> list[float] | None:
+        """The expand ratios whose channel sets phase ``i``'s sort keeps, or ``None`` when phase ``i`` does not sort
+        (it allows no smaller expand ratio than phase ``i - 1``)."""
+        if i == 0 or "expand" not in self.phases[i].elastic:
+            return None
+        before = self.phases[i - 1].elastic.get("expand")
+        now = self.phases[i].elastic["expand"]
+        floor = min(before) if before is not None else max(getattr(self.space, "expands", now))
+        if min(now) >= floor:
+            return None
+        return sorted(set(before or []) - {max(before or [0])})  # the full width is no band
+
+    def on_train_epoch_start(self) -> None:
+        i = self.phase_index(self.current_epoch)
+        keep = self.sort_keep(i) if self.sort_channels else None
+        if keep is None or i in self.sorted_phases or not hasattr(self.model, "reorganize_middle"):
+            return
+        self.model.reorganize_middle(keep, ChannelPermuter(self.trainer.optimizers))
+        self.sorted_phases.append(i)
+
     def on_save_checkpoint(self, checkpoint):
+        checkpoint[SORTED_KEY] = list(self.sorted_phases)
         if self.teacher is not None:
             checkpoint[TEACHER_KEY] = self.teacher.state_dict()
 
     def on_load_checkpoint(self, checkpoint):
+        self.sorted_phases = list(checkpoint.get(SORTED_KEY, []))
         state = checkpoint.get(TEACHER_KEY)
         if state is not None:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)

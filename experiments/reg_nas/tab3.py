@@ -1,0 +1,92 @@
+"""REG-NAS Tab. 3 analogue [seed supplement Tab. 3]: a family of four, A1 < A2 < A3 < A4, and its pairwise NFR matrix
+(NFR from every smaller member to every larger one), against the family weight sharing with R0 finds on the same
+supernet. For each pair the paired bootstrap interval (over the test images) of "weight sharing − REG-NAS" says
+whether REG-NAS flips fewer samples; top-1 of every member comes with its interval too.
+
+    R=outputs/reg_nas_digits_resnet/main
+    python experiments/reg_nas/tab3.py --reg-nas $R --ws-r0 outputs/reg_nas_digits_resnet/ws_r0 \
+        --out experiments/reg_nas/tab3.json
+
+Both runs must have evaluated the same test images (``test_predictions.pt``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from nasx import artifacts  # noqa: E402
+from nasx.metrics.flips import bootstrap_means, interval, negative_flips  # noqa: E402
+
+
+def load(run: Path) -> dict:
+    saved = torch.load(run / "test_predictions.pt", map_location="cpu", weights_only=True)
+    results = json.loads((run / "results.json").read_text())
+    return {"labels": saved["labels"], "predictions": [torch.as_tensor(p) for p in saved["predictions"]],
+            "archs": saved["archs"], "results": results, "run": str(run)}
+
+
+def _ci(value: torch.Tensor, reps: torch.Tensor) -> dict:
+    lo, hi = interval(reps)
+    return {"value": 100 * float(value), "lo": 100 * lo, "hi": 100 * hi}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reg-nas", required=True, help="the REG-NAS run directory (R2 + CAS)")
+    ap.add_argument("--ws-r0", required=True, help="the weight-sharing R0 run directory on the same supernet")
+    ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "experiments" / "reg_nas" / "tab3.json"))
+    args = ap.parse_args()
+    runs = {"reg_nas": load(Path(args.reg_nas)), "ws_r0": load(Path(args.ws_r0))}
+    labels = runs["reg_nas"]["labels"]
+    if not torch.equal(runs["ws_r0"]["labels"], labels):
+        sys.exit(f"tab3: {args.ws_r0} was evaluated on other test images than {args.reg_nas}")
+    n = len(runs["reg_nas"]["predictions"])
+    if len(runs["ws_r0"]["predictions"]) != n:
+        sys.exit(f"tab3: the two families differ in size ({n} against {len(runs['ws_r0']['predictions'])})")
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    rows, index = [], {}
+    for name, r in runs.items():
+        for k, p in enumerate(r["predictions"]):
+            index[(name, "top1", k)] = len(rows)
+            rows.append(p == labels)
+        for i, j in pairs:
+            index[(name, "nfr", i, j)] = len(rows)
+            rows.append(negative_flips(r["predictions"][i], r["predictions"][j], labels))
+    ind = torch.stack(rows).float()
+    point, reps = ind.mean(1), bootstrap_means(ind, args.resamples, args.seed)
+    out = {"members": n, "test_samples": int(len(labels)), "resamples": args.resamples, "families": {},
+           "nfr_ws_r0_minus_reg_nas": {}}
+    for name, r in runs.items():
+        fam = {"run": r["run"], "archs": list(r["archs"]),
+               "mflops": [m.get("mflops") for m in r["results"].get("members", [])],
+               "top1": [_ci(point[index[(name, "top1", k)]], reps[:, index[(name, "top1", k)]]) for k in range(n)],
+               "nfr": {f"A{i + 1}->A{j + 1}": _ci(point[index[(name, 'nfr', i, j)]], reps[:, index[(name, 'nfr', i, j)]])
+                       for i, j in pairs}}
+        out["families"][name] = fam
+    for i, j in pairs:
+        a, b = index[("ws_r0", "nfr", i, j)], index[("reg_nas", "nfr", i, j)]
+        out["nfr_ws_r0_minus_reg_nas"][f"A{i + 1}->A{j + 1}"] = _ci(point[a] - point[b], reps[:, a] - reps[:, b])
+    out["command"] = " ".join(["python experiments/reg_nas/tab3.py", *sys.argv[1:]])
+    artifacts.write_json(Path(args.out), out)
+    print("| pair | NFR REG-NAS % [95 % CI] | NFR weight sharing R0 % [95 % CI] | WS − REG-NAS, paired [95 % CI] |")
+    print("|---|---|---|---|")
+    for key, d in out["nfr_ws_r0_minus_reg_nas"].items():
+        r, w = out["families"]["reg_nas"]["nfr"][key], out["families"]["ws_r0"]["nfr"][key]
+        print(f"| {key} | {r['value']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] | {w['value']:.2f} [{w['lo']:.2f}, "
+              f"{w['hi']:.2f}] | {d['value']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] |")
+    for name, fam in out["families"].items():
+        print(name, "top-1:", ", ".join(f"A{k + 1} {t['value']:.2f}" for k, t in enumerate(fam["top1"])),
+              "| MFLOPs:", fam["mflops"])
+
+
+if __name__ == "__main__":
+    main()
