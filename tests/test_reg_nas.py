@@ -56,6 +56,45 @@ def test_cas_sampling_mutation_crossover_and_repair_never_leave_the_containment(
         evo.tell([(a, Outcome((-space.cost(a).mflops,))) for a in asked])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_cost_floor_keeps_every_candidate_between_floor_and_budget_and_inside_the_containment(space, seed):
+    """[nasx] method.cost_floor: sampled, mutated, crossed and repaired candidates cost at least the floor (here
+    reachable) and at most the budget; with CAS on top they also contain the reference; an evolution proposes only
+    such archs, and the same seed proposes the same ones."""
+    from nasx.search.containment import CostFloorSpace
+
+    rng = random.Random(seed)
+    ref = space.smallest()
+    budget = Budget(mflops=space.cost(space.largest()).mflops * 0.6)
+    floor = 0.85 * budget.mflops
+    floored = ContainingSpace(CostFloorSpace(space, floor, budget), ref)
+    pool = [floored.sample(rng) for _ in range(20)]
+    for _ in range(150):
+        a, b = rng.choice(pool), rng.choice(pool)
+        for child in (floored.mutate(a, rng, 0.3), floored.crossover(a, b, rng), floored.sample(rng),
+                      floored.repair(space.largest(), budget, rng)):
+            assert space.contains(child, ref)
+            if budget.admits(space.cost(child)):  # (out-of-budget children are re-made or repaired by the strategy)
+                assert space.cost(child).mflops >= floor, space.describe(child)
+    plain = [space.cost(space.sample(random.Random(k))).mflops for k in range(50)]
+    assert min(plain) < floor  # without the floor, cheaper archs are drawn
+
+    def proposals(s):
+        evo = Evolution(ContainingSpace(CostFloorSpace(space, floor, budget), ref), budget, seed=s, generations=3,
+                        population=8, top_k=3, crossover_size=3)
+        seen = []
+        while not evo.done:
+            asked = evo.ask()
+            seen += asked
+            from nasx.search.strategy import Outcome
+            evo.tell([(a, Outcome((space.cost(a).mflops,))) for a in asked])
+        return seen
+
+    seen = proposals(seed)
+    assert all(floor <= space.cost(a).mflops <= budget.mflops and space.contains(a, ref) for a in seen)
+    assert seen == proposals(seed)
+
+
 def test_a_budget_below_the_references_cost_is_a_one_line_error(space):
     ref = space.from_values(kernel=5, expand=4, depth=3)
     cas = ContainingSpace(space, ref, label="A1 (the family's previous member)")

@@ -38,7 +38,7 @@ from nasx.methods.base import ResultsTable
 from nasx.methods.spos import SPOS
 from nasx.metrics.flips import flip_report, nfr_matrix
 from nasx.rewards import make_reward
-from nasx.search.containment import ContainingSpace
+from nasx.search.containment import ContainingSpace, CostFloorSpace
 from nasx.search.loop import run_search
 from nasx.search.plots import plot_search
 from nasx.losses import FocalDistillation, Loss, make_terms
@@ -57,8 +57,10 @@ class REGNAS(SPOS):
     MODELS = ("inherited", "independent", "focal_distillation")
 
     def __init__(self, budgets=(), first_reward=None, containment: bool = True, bootstrap: int = 2000,
-                 variant: str = "reg_nas", models: str = "inherited", family: str | None = None, fd=None):
+                 variant: str = "reg_nas", models: str = "inherited", family: str | None = None, fd=None,
+                 cost_floor: float = 0.0):
         self.budgets = [float(b) for b in (budgets or [])]
+        self.cost_floor = cost_floor
         self.first_reward_cfg = first_reward
         self.variant, self.models = str(variant), str(models)
         self.containment = bool(containment) and self.variant == "reg_nas"
@@ -79,6 +81,10 @@ class REGNAS(SPOS):
             raise ConfigError(f"method.models must be one of {', '.join(self.MODELS)}, got '{self.models}'")
         if self.family_path is not None and not self.family_path.is_file():
             raise ConfigError(f"method.family: no such file '{self.family_path}' (a REG-NAS run's search/family.json)")
+        if isinstance(self.cost_floor, bool) or not isinstance(self.cost_floor, (int, float)) \
+                or not 0 <= self.cost_floor < 1:
+            raise ConfigError(f"method.cost_floor must be a fraction of each member's budget in [0, 1), got "
+                              f"{self.cost_floor!r}")
         if self.bootstrap < 100:
             raise ConfigError(f"method.bootstrap must be >= 100 resamples, got {self.bootstrap}")
         for key, minimum in (("train.epochs", 0), ("search.bn_batches", 1), ("search.bn_batch_size", 1)):
@@ -157,10 +163,13 @@ class REGNAS(SPOS):
                              reference=reference, device=run.device)
 
     # -- search: the family ---------------------------------------------------------------------------------------------
-    def member_space(self, run, reference: Arch | None, i: int):
+    def member_space(self, run, reference: Arch | None, i: int, budget: Budget | None = None):
+        space = run.space
+        if self.cost_floor > 0 and budget is not None and budget.mflops is not None:
+            space = CostFloorSpace(space, self.cost_floor * budget.mflops, budget)
         if reference is None or not self.containment:
-            return run.space
-        return ContainingSpace(run.space, reference, label=f"A{i} (the family's previous member)")
+            return space
+        return ContainingSpace(space, reference, label=f"A{i} (the family's previous member)")
 
     def search(self, run) -> dict:
         out = run.dir / "search"
@@ -178,7 +187,7 @@ class REGNAS(SPOS):
         for i, mflops in enumerate(self.budgets):
             member_dir = out / f"member_{i + 1}"
             budget = Budget(mflops=mflops)
-            space = self.member_space(run, reference, i)
+            space = self.member_space(run, reference, i, budget)
             reward = self.first_reward if reference is None or self.variant == "ws_r0" else run.reward
             strategy = self.make_strategy(run, space, budget, run.cfg.seed + i)
             evaluator = self.evaluator(run, reference, supernet=supernet)
@@ -199,7 +208,8 @@ class REGNAS(SPOS):
                             "arch_str": str(arch), "layers": run.space.describe(arch), "mflops": cost.mflops,
                             "params": cost.params, "reward": repr(reward), "search_reward": best["reward"],
                             "val_metrics": best["metrics"],
-                            "contains_previous": None if reference is None else run.space.contains(arch, reference)})
+                            "contains_previous": None if reference is None else run.space.contains(arch, reference),
+                            "cost_floor_mflops": self.cost_floor * mflops if self.cost_floor > 0 else None})
             reference = arch
         family = {"experiment": run.cfg.name, "budgets": self.budgets, "containment": self.containment,
                   "variant": self.variant, "members": members}

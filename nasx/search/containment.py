@@ -7,6 +7,11 @@ its kernel and expand ratio — so that the new family member inherits every wei
 are then repaired into the constraint (every violated gene raised to the reference's), and budget repair never goes
 below the reference; so any strategy searches inside the constraint without knowing it. The cheapest containing
 architecture is the reference itself, so a budget below its cost fails at once, in one line.
+
+:class:`CostFloorSpace` [nasx] keeps a member's candidates near its budget: every sampled, mutated, crossed or repaired
+architecture is grown (one random live gene one step up at a time, only while the budget still admits it) until it
+costs at least ``min_mflops``. REG-NAS's ``method.cost_floor`` (a fraction of each member's budget) uses it, so that a
+search whose reward prefers the previous member unchanged still yields a larger member; the paper states no floor.
 """
 from __future__ import annotations
 
@@ -65,3 +70,55 @@ class ContainingSpace(SearchSpace):
 
     def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
         return self._in(self.space.crossover(a, b, rng))
+
+
+class CostFloorSpace(SearchSpace):
+    def __init__(self, space: SearchSpace, min_mflops: float, budget: Budget):
+        if not hasattr(space, "live_genes"):
+            raise ConfigError(f"space '{space.name}': a cost floor needs an elastic space (ofa_mbv3, ofa_resnet50d)")
+        self.space, self.min_mflops, self.budget = space, float(min_mflops), budget
+        self.name, self.genes = space.name, space.genes
+
+    def __getattr__(self, item):
+        if item in ("space", "min_mflops", "budget"):
+            raise AttributeError(item)
+        return getattr(self.space, item)
+
+    def cost(self, arch: Arch) -> Cost:
+        return self.space.cost(arch)
+
+    def min_cost(self) -> Cost:
+        return self.space.min_cost()
+
+    def check_feasible(self, budget: Budget) -> None:
+        self.space.check_feasible(budget)
+
+    def grow(self, arch: Arch, rng: random.Random) -> Arch:
+        """One random live gene one choice up at a time, while the budget admits it, until the floor is reached."""
+        while self.space.cost(arch).mflops < self.min_mflops:
+            options = [g for g in self.space.live_genes(arch) if arch[g] < self.genes[g] - 1]
+            rng.shuffle(options)
+            for g in options:
+                bigger = arch.replace(**{g: arch[g] + 1})
+                if self.budget.admits(self.space.cost(bigger)):
+                    arch = bigger
+                    break
+            else:
+                return arch  # the floor is out of reach inside the budget: as close as it gets
+        return arch
+
+    def repair(self, arch: Arch, budget: Budget, rng: random.Random, floor: Arch | None = None) -> Arch:
+        kw = {} if floor is None else {"floor": floor}
+        return self.grow(self.space.repair(arch, budget, rng, **kw), rng)
+
+    def sample(self, rng: random.Random) -> Arch:
+        return self.grow(self.space.sample(rng), rng)
+
+    def train_sample(self, rng: random.Random) -> Arch:
+        return self.space.train_sample(rng)
+
+    def mutate(self, arch: Arch, rng: random.Random, prob: float) -> Arch:
+        return self.grow(self.space.mutate(arch, rng, prob), rng)
+
+    def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
+        return self.grow(self.space.crossover(a, b, rng), rng)

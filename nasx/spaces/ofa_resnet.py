@@ -112,7 +112,7 @@ class OFAResNetSpace(ElasticSpace):
                  depths: Sequence[int] = (0, 1, 2), expands: Sequence[float] = (0.2, 0.25, 0.35),
                  width_mults: Sequence[float] = (0.65, 0.8, 1.0), strides: Sequence[int] = (1, 2, 2, 2),
                  input_size: int = 224, in_channels: int = 3, num_classes: int = 1000, divisor: int = 8,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, zero_init_residual: bool = False):
         if not len(base_depths) == len(stage_widths) == len(strides):
             raise ConfigError(f"space.base_depths, stage_widths and strides must have one entry per stage, got "
                               f"{len(base_depths)}, {len(stage_widths)}, {len(strides)}")
@@ -128,6 +128,7 @@ class OFAResNetSpace(ElasticSpace):
         self.stage_outs = [[div(sw * w) for w in self.width_mults] for sw in stage_widths]
         self.input_size, self.in_channels, self.num_classes = int(input_size), int(in_channels), int(num_classes)
         self.dropout = float(dropout)
+        self.zero_init_residual = bool(zero_init_residual)
         self.kernels = [3]
         self.genes = {"stem_mid": len(self.width_mults), "stem_out": len(self.width_mults), "stem_depth": 2}
         for s, base in enumerate(self.base_depths):
@@ -272,6 +273,10 @@ class OFAResNetSupernet(nn.Module):
                 c = width
             self.stages.append(blocks)
         self.classifier = nn.Sequential(nn.Dropout(s.dropout), nn.Linear(c, s.num_classes))
+        if s.zero_init_residual:  # [nasx; Goyal et al.'s trick] every bottleneck body starts at 0 (γ = 0 in its last BN)
+            for blocks in self.stages:
+                for block in blocks:
+                    nn.init.zeros_(block.conv3.bn.weight)
 
     def _linear(self, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         lin = self.classifier[1]
