@@ -2,10 +2,11 @@
 from A1, and the relative change C(REG-NAS, row) = (M(REG-NAS) − M(row)) / M(row) of both, next to the paper's numbers.
 
 Each row is one or more run directories (several seeds are averaged, as the paper averages weight sharing and
-REG-NAS over three; each row's per-run values and their standard deviation over seeds are kept in the JSON,
-because the bootstrap over test images does not see the seed-to-seed spread); every run must have evaluated the same test images (``test_predictions.pt``). Intervals are
-percentile bootstraps over the test images, paired: one draw of images per replicate for every run, so a row's
-difference to REG-NAS keeps the correlation of predictions on the same images.
+REG-NAS over three; each row's per-run values and their standard deviation over seeds are kept in the JSON, because
+the bootstrap over test images does not see the seed-to-seed spread). Every run must have evaluated the same test
+images (``test_predictions.pt``). Intervals are percentile bootstraps over the test images, paired: one draw of
+images per replicate for every run, so a row's difference to REG-NAS keeps the correlation of predictions on the same
+images.
 
     R=outputs/reg_nas_digits/main
     python experiments/reg_nas/tab2.py --row reg_nas=$R --row ws_r0=outputs/reg_nas_digits/ws_r0 \

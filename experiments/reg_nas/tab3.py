@@ -37,6 +37,49 @@ def _ci(value: torch.Tensor, reps: torch.Tensor) -> dict:
     return {"value": 100 * float(value), "lo": 100 * lo, "hi": 100 * hi}
 
 
+def plot(table: dict, path: Path) -> None:
+    """Both families' pairwise NFR matrices side by side, and top-1 against MFLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = table["members"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"wspace": 0.4})
+    names = {"reg_nas": "REG-NAS (R2 + CAS)", "ws_r0": "weight sharing, R0"}
+    top = max(v["value"] for f in table["families"].values() for v in f["nfr"].values())
+    for ax, (key, fam) in zip(axes[:2], table["families"].items()):
+        m = torch.full((n, n), float("nan"))
+        for pair, v in fam["nfr"].items():
+            i, j = (int(t.strip("A")) - 1 for t in pair.split("->"))
+            m[i, j] = v["value"]
+        im = ax.imshow(m.numpy(), cmap="Greens", vmin=0, vmax=top)
+        for (i, j), v in ((ij, m[ij]) for ij in [(a, b) for a in range(n) for b in range(n)]):
+            if not torch.isnan(v):
+                ax.text(j, i, f"{float(v):.2f}", ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(n), [f"A{k + 1}" for k in range(n)])
+        ax.set_yticks(range(n), [f"A{k + 1}" for k in range(n)])
+        ax.set_xlabel("new model")
+        ax.set_ylabel("reference")
+        ax.set_title(f"NFR % — {names.get(key, key)}")
+    fig.colorbar(im, ax=axes[:2], shrink=0.8)
+    ax = axes[2]
+    for key, fam in table["families"].items():
+        t = fam["top1"]
+        ax.errorbar(fam["mflops"], [v["value"] for v in t],
+                    yerr=[[v["value"] - v["lo"] for v in t], [v["hi"] - v["value"] for v in t]], marker="o",
+                    capsize=3, label=names.get(key, key))
+    ax.set_xlabel("MFLOPs")
+    ax.set_ylabel("test top-1 % (95 % CI)")
+    ax.set_title("the families")
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reg-nas", required=True, help="the REG-NAS run directory (R2 + CAS)")
@@ -44,6 +87,7 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "experiments" / "reg_nas" / "tab3.json"))
+    ap.add_argument("--plot", default=None, help="the figure (default: --out with .png)")
     args = ap.parse_args()
     runs = {"reg_nas": load(Path(args.reg_nas)), "ws_r0": load(Path(args.ws_r0))}
     labels = runs["reg_nas"]["labels"]
@@ -83,6 +127,7 @@ def main() -> None:
         r, w = out["families"]["reg_nas"]["nfr"][key], out["families"]["ws_r0"]["nfr"][key]
         print(f"| {key} | {r['value']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] | {w['value']:.2f} [{w['lo']:.2f}, "
               f"{w['hi']:.2f}] | {d['value']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] |")
+    plot(out, Path(args.plot) if args.plot else Path(args.out).with_suffix(".png"))
     for name, fam in out["families"].items():
         print(name, "top-1:", ", ".join(f"A{k + 1} {t['value']:.2f}" for k, t in enumerate(fam["top1"])),
               "| MFLOPs:", fam["mflops"])
