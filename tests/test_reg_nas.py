@@ -95,6 +95,16 @@ def test_a_cost_floor_keeps_every_candidate_between_floor_and_budget_and_inside_
     assert seen == proposals(seed)
 
 
+@pytest.mark.parametrize("bad", ["1.0", "-0.1", "true"])
+def test_a_cost_floor_outside_0_1_is_a_one_line_error(bad, tmp_path):
+    from nasx.errors import ConfigError
+    from nasx.runner import run
+
+    with pytest.raises(ConfigError, match="method.cost_floor must be a fraction") as e:
+        run(compose([*SMALL, f"method.cost_floor={bad}"], tmp_path / "bad"))
+    assert "\n" not in str(e.value)
+
+
 def test_a_budget_below_the_references_cost_is_a_one_line_error(space):
     ref = space.from_values(kernel=5, expand=4, depth=3)
     cas = ContainingSpace(space, ref, label="A1 (the family's previous member)")
