@@ -114,8 +114,8 @@ def test_the_optimizers_state_is_permuted_with_the_weights(mbv3):
 PHASES = ("train.phases=[{name:full,epochs:1},{name:kernel,epochs:1,kernel:[3,5,7]},"
           "{name:expand,epochs:1,kernel:[3,5,7],expand:[4,6]},{name:expand2,epochs:1,kernel:[3,5,7],expand:[3,4,6]}]")
 TINY_RUN = ["experiment=reg_nas_digits", "data=digits", "~data.scale", "~data.distractors", "~data.texture",
-            "~data.rotation", "space.input_size=8", "train.epochs=4", PHASES, "stages=[train]", "progress=false",
-            ]
+            "~data.rotation", "space.input_size=8", "train.epochs=4", PHASES, "train.sort_channels=true",
+            "stages=[train]", "progress=false"]  # (reg_nas_digits itself keeps the sort off)
 
 
 def test_the_phases_that_widen_expand_sort_and_keep_the_ratios_already_trained(mbv3):
