@@ -21,21 +21,29 @@ from nasx.arch import Arch, Budget, Cost, SearchSpace
 from nasx.errors import ConfigError, InfeasibleBudgetError
 
 
-class ContainingSpace(SearchSpace):
-    def __init__(self, space: SearchSpace, reference: Arch, label: str = "the reference"):
-        if not hasattr(space, "contain"):
-            raise ConfigError(f"space '{space.name}' does not define containment: CAS needs an elastic space "
-                              f"(space=ofa_mbv3 or ofa_mbv3_cpu)")
-        self.space, self.reference, self.label = space, space.validate(reference), label
-        self.name, self.genes = space.name, space.genes
+class WrappedSpace(SearchSpace):
+    """A space restricting another: the same name and genes, and everything it does not override (supernet,
+    describe, decode, input geometry…) answered by the wrapped space."""
 
-    def __getattr__(self, item):  # supernet, describe, decode, input geometry…: the wrapped space's
-        if item in ("space", "reference", "label"):
+    def __init__(self, space: SearchSpace):
+        self.space, self.name, self.genes = space, space.name, space.genes
+
+    def __getattr__(self, item):
+        if item == "space":  # not set yet (unpickling, or __init__ not run): no recursion
             raise AttributeError(item)
         return getattr(self.space, item)
 
     def cost(self, arch: Arch) -> Cost:
         return self.space.cost(arch)
+
+
+class ContainingSpace(WrappedSpace):
+    def __init__(self, space: SearchSpace, reference: Arch, label: str = "the reference"):
+        if not hasattr(space, "contain"):
+            raise ConfigError(f"space '{space.name}' does not define containment: CAS needs an elastic space "
+                              f"(space=ofa_mbv3 or ofa_mbv3_cpu)")
+        super().__init__(space)
+        self.reference, self.label = space.validate(reference), label
 
     def min_cost(self) -> Cost:
         return self.space.cost(self.reference)
@@ -72,20 +80,12 @@ class ContainingSpace(SearchSpace):
         return self._in(self.space.crossover(a, b, rng))
 
 
-class CostFloorSpace(SearchSpace):
+class CostFloorSpace(WrappedSpace):
     def __init__(self, space: SearchSpace, min_mflops: float, budget: Budget):
         if not hasattr(space, "live_genes"):
             raise ConfigError(f"space '{space.name}': a cost floor needs an elastic space (ofa_mbv3, ofa_resnet50d)")
-        self.space, self.min_mflops, self.budget = space, float(min_mflops), budget
-        self.name, self.genes = space.name, space.genes
-
-    def __getattr__(self, item):
-        if item in ("space", "min_mflops", "budget"):
-            raise AttributeError(item)
-        return getattr(self.space, item)
-
-    def cost(self, arch: Arch) -> Cost:
-        return self.space.cost(arch)
+        super().__init__(space)
+        self.min_mflops, self.budget = float(min_mflops), budget
 
     def min_cost(self) -> Cost:
         return self.space.min_cost()
