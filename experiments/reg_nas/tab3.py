@@ -63,7 +63,7 @@ def plot(table: dict, path: Path) -> None:
         ax.set_yticks(range(n), [f"A{k + 1}" for k in range(n)])
         ax.set_xlabel("new model")
         ax.set_ylabel("reference")
-        ax.set_title(f"NFR % — {names.get(key, key)}" + (" (seed mean)" if table.get("seeds", 1) > 1 else ""))
+        ax.set_title(f"{names.get(key, key)}\nNFR %" + (", mean of seeds" if table.get("seeds", 1) > 1 else ""))
     fig.colorbar(im, ax=axes[:2], shrink=0.8)
     ax = axes[2]
     for key, fam in table["families"].items():
