@@ -66,7 +66,7 @@ class REGNAS(SPOS):
         self.containment = bool(containment) and self.variant == "reg_nas"
         self.bootstrap = int(bootstrap)
         self.family_path = Path(family) if family else None
-        self.fd = dict(fd or {"alpha": 1.0, "beta": 5.0, "temperature": 100.0})
+        self.fd = dict(fd or {"weight": 1.0, "alpha": 1.0, "beta": 5.0, "temperature": 100.0})
         self._inherited: FlipEvaluator | None = None  # built once, when a member's inherited model is first needed
 
     # -- checks ------------------------------------------------------------------------------------------------------
