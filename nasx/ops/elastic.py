@@ -229,11 +229,11 @@ class ElasticMBConv(nn.Module):
         return h + x if self.residual else h
 
     @torch.no_grad()
-    def reorganize_middle(self, bands: Sequence[int], permute: ChannelPermuter) -> torch.Tensor | None:
-        """OFA's sort of this block's middle channels (see the module docstring); ``None`` for a block without an
+    def reorganize_middle(self, bands: Sequence[int], permute: ChannelPermuter) -> None:
+        """OFA's sort of this block's middle channels (see the module docstring); nothing for a block without an
         expand conv (its middle channels are its input's: OFA skips the first block too)."""
         if not self.has_expand:
-            return None
+            return
         idx = importance_order(self.project.weight.abs().sum(dim=(0, 2, 3)), bands)
         permute(self.project.weight, 1, idx)
         if self.se is not None:
@@ -249,7 +249,6 @@ class ElasticMBConv(nn.Module):
         permute(self.dw.conv.weight, 0, idx)
         permute.bn(self.expand_bn, idx)
         permute(self.expand_conv.weight, 0, idx)
-        return idx
 
     @torch.no_grad()
     def extract(self, k: int, e: float) -> MBConv:

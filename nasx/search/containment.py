@@ -90,9 +90,6 @@ class CostFloorSpace(WrappedSpace):
     def min_cost(self) -> Cost:
         return self.space.min_cost()
 
-    def check_feasible(self, budget: Budget) -> None:
-        self.space.check_feasible(budget)
-
     def grow(self, arch: Arch, rng: random.Random) -> Arch:
         """One random live gene one choice up at a time, while the budget admits it, until the floor is reached."""
         while self.space.cost(arch).mflops < self.min_mflops:
