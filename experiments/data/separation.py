@@ -1,7 +1,7 @@
 """Does cluttered digits separate architectures? Seed-to-seed agreement of a standalone ground truth.
 
-Reads the ground truth that ``experiments/mixpath/ranking.py --gt-only`` trained (24 stratified archs of
-``shufflenet_cpu``, each trained standalone on two seeds) and reports Kendall τ between the seeds with a bootstrap
+Reads the ground truth that ``experiments/mixpath/ranking.py`` trained (24 archs of ``shufflenet_cpu`` or
+``mixpath_s1_cpu``, each trained standalone on two seeds) and reports Kendall τ between the seeds with a bootstrap
 95 % interval over archs, the spread of the seed-mean accuracies, the per-arch seed gaps, and a plot
 (``separation_shufflenet.png``: seed 1 against seed 2, coloured by MFLOPs).
 
@@ -13,6 +13,9 @@ Reads the ground truth that ``experiments/mixpath/ranking.py --gt-only`` trained
     python experiments/mixpath/ranking.py --space shufflenet_cpu --sample stratified --gt-epochs 10 --lr 0.2 \\
         --batch-size 128 --gt-only --out experiments/data/separation_shufflenet.json
     python experiments/data/separation.py
+    # the S1 ground truth of the cluttered ranking benchmark (experiments/mixpath/RESULTS.md §3):
+    python experiments/data/separation.py --json experiments/mixpath/ranking_cluttered.json \\
+        --out-stem experiments/data/separation_s1
 """
 from __future__ import annotations
 
@@ -35,6 +38,10 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "experiments/data/separation_shufflenet.json"))
     ap.add_argument("--resamples", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image-size", type=int, default=32, help="mixpath_s1_cpu: the input size its MFLOPs are at")
+    ap.add_argument("--stem-stride", type=int, default=2, help="mixpath_s1_cpu: the stem's stride (ranking.py's)")
+    ap.add_argument("--out-stem", help="write <out-stem>_summary.json and <out-stem>.png (default: next to --json, "
+                                       "named after it)")
     args = ap.parse_args()
     state = artifacts.read_json(Path(args.json))
     runs = list(state["ground_truth"].items())
@@ -44,11 +51,19 @@ def main() -> None:
     archs = [a for a in r1 if a in r2]
     a = np.array([r1[x] for x in archs])
     b = np.array([r2[x] for x in archs])
-    from nasx.spaces.shufflenet import ShuffleNetSpace
     from nasx.arch import Arch
-    from ranking import SHUFFLENET_CPU
+    from nasx.spaces.mixpath_ib import MixPathIBSpace
+    from nasx.spaces.shufflenet import ShuffleNetSpace
+    from ranking import S1_CPU, SHUFFLENET_CPU
 
-    space = ShuffleNetSpace(**SHUFFLENET_CPU)
+    name = archs[0].split(":", 1)[0]  # the space the archs were drawn from
+    if name == SHUFFLENET_CPU["name"]:
+        space = ShuffleNetSpace(**SHUFFLENET_CPU)
+    elif name == S1_CPU["name"]:  # the cluttered geometry of experiments/mixpath/ranking.py
+        space = MixPathIBSpace(**{**S1_CPU, "in_channels": 3, "input_size": args.image_size,
+                                  "stem_stride": args.stem_stride}, max_paths=2)
+    else:
+        raise SystemExit(f"{args.json}: archs of an unknown space '{name}'")
     mflops = np.array([space.cost(space.validate(Arch.from_str(x, where="json"))).mflops for x in archs])
     tau = float(kendalltau(a, b)[0])
     rng = np.random.default_rng(args.seed)
@@ -68,15 +83,15 @@ def main() -> None:
                "seed_gaps_over_3_points": int((gaps > 0.03).sum()), "tau_mflops_vs_mean": tau_cost,
                "mflops_range": [float(mflops.min()), float(mflops.max())],
                "models_seconds": state.get("gt_summary", {})}
-    print(f"{len(archs)} archs of shufflenet_cpu ({mflops.min():.2f}–{mflops.max():.2f} MFLOPs), {k1} vs {k2}")
+    print(f"{len(archs)} archs of {name} ({mflops.min():.2f}–{mflops.max():.2f} MFLOPs), {k1} vs {k2}")
     print(f"seed-to-seed Kendall τ {tau:.3f}, 95 % bootstrap CI [{lo:.3f}, {hi:.3f}] over archs")
     print(f"spread of the seed-mean test top-1: {100 * (mean.max() - mean.min()):.1f} points "
           f"({100 * mean.min():.1f}–{100 * mean.max():.1f} %)")
     print(f"seed gap: median {100 * np.median(gaps):.1f} points, max {100 * gaps.max():.1f}, "
           f"{int((gaps > 0.03).sum())} archs over 3 points")
     print(f"Kendall τ of MFLOPs against the seed-mean accuracy: {tau_cost:.3f}")
-    out = Path(args.json).with_name(f"{Path(args.json).stem}_summary.json")
-    png = Path(args.json).with_name(f"{Path(args.json).stem}.png")
+    stem = Path(args.out_stem) if args.out_stem else Path(args.json).with_suffix("")
+    out, png = stem.with_name(f"{stem.name}_summary.json"), stem.with_name(f"{stem.name}.png")
     artifacts.write_json(out, {"command": "python experiments/data/separation.py " + " ".join(sys.argv[1:]), **summary,
                                "per_arch": [{"arch": x, "mflops": float(m), "seed_a": float(p), "seed_b": float(q)}
                                             for x, m, p, q in zip(archs, mflops, a, b)]})
@@ -91,7 +106,7 @@ def main() -> None:
     ax.plot(lims, lims, color="grey", lw=0.8, ls="--")
     ax.set_xlabel(f"test top-1 %, seed 1")
     ax.set_ylabel(f"test top-1 %, seed 2")
-    ax.set_title(f"cluttered digits, {len(archs)} shufflenet_cpu archs\nseed-to-seed τ = {tau:.2f} "
+    ax.set_title(f"cluttered digits, {len(archs)} {name} archs\nseed-to-seed τ = {tau:.2f} "
                  f"[{lo:.2f}, {hi:.2f}]", fontsize=9)
     fig.colorbar(sc, label="MFLOPs")
     artifacts.save_figure(fig, png)
