@@ -68,11 +68,12 @@ DEFAULTS = {
     "digits": dict(space="mixpath_s1_cpu", gt_epochs=15, gt_seeds=3, supernet_epochs=600, lr=0.05, batch_size=32,
                    sample="uniform", stem_stride=1,
                    out="experiments/mixpath/ranking.json"),
-    # cluttered, S1: NOT YET RUN as a whole. Probes (2026-12-03, one arch per line, test top-1 after 3 epochs):
-    # 32 px with a stride-2 stem at lr 0.1, batch 64 learns (smallest stratified arch 67.3 / 59.6 % on seeds 1 / 2);
-    # 16 px inputs learn more slowly (55.2 %). Three epochs leave 7.7 points between seeds, so 6 are the default.
-    "cluttered": dict(space="mixpath_s1_cpu", gt_epochs=6, gt_seeds=2, supernet_epochs=12, lr=0.1, batch_size=64,
-                      sample="stratified", image_size=32, stem_stride=2,
+    # cluttered, S1 (experiments/mixpath/RESULTS.md §3, run 2026-12-03/04): 32 px with a stride-2 stem, 24 archs
+    # evenly spaced in MFLOPs, 5 standalone epochs per arch and seed on all 18,000 training images (what fitted the
+    # session). Supernets 60 epochs (16,860 steps): at 12 they stayed at chance (supernet_takeoff.py: the random-path
+    # supernet only starts to leave chance loss after ~3,000 steps).
+    "cluttered": dict(space="mixpath_s1_cpu", gt_epochs=5, gt_seeds=2, supernet_epochs=60, lr=0.1, batch_size=64,
+                      sample="even", image_size=32, stem_stride=2,
                       out="experiments/mixpath/ranking_cluttered.json"),
 }
 
@@ -88,7 +89,9 @@ def main() -> None:
     ap.add_argument("--sample", choices=("uniform", "stratified", "even"),
                     help="uniform: distinct archs uniform over the encodings; stratified [nasx]: a pool of 50·n "
                          "uniform archs sorted by MFLOPs, cut into n equal bins, one uniform draw per bin (random "
-                         "archs that cover the space's cost range instead of crowding at its middle)")
+                         "archs that cover the space's cost range instead of crowding at its middle); even [nasx]: "
+                         "from the same pool, n targets evenly spaced in MFLOPs from its cheapest to its dearest arch, "
+                         "the nearest unused arch to each (a wider cost range than the quantiles)")
     ap.add_argument("--gt-epochs", type=int, help="standalone epochs per architecture (ground truth)")
     ap.add_argument("--gt-seeds", type=int, help="ground-truth trainings per architecture, averaged")
     ap.add_argument("--supernet-epochs", type=int)
@@ -254,15 +257,17 @@ def main() -> None:
 
     rows = []
     preds = {}
+    mflops = [space.cost(a).mflops for a in archs]
     for setting in SETTINGS:
         pred = state["predicted"][f"{args.supernet_epochs}e:{sn_tag}:{setting}"]
         p = preds[setting] = [pred[str(a)] for a in archs]
         tau, pval = kendalltau(gt, p)
-        rows.append({"setting": setting, "tau": float(tau), "p": float(pval), "mean_pred": sum(p) / len(p)})
+        rows.append({"setting": setting, "tau": float(tau), "p": float(pval), "mean_pred": sum(p) / len(p),
+                     "tau_mflops": float(kendalltau(mflops, p)[0])})  # does it rank by cost alone?
     if args.gt_seeds > 1:  # how well the ground truth ranks itself: the noise ceiling of any τ above
         tau_gt = kendalltau([runs[0][str(a)] for a in archs], [runs[1][str(a)] for a in archs])[0]
         rows.append({"setting": "ground truth seed 1 vs seed 2", "tau": float(tau_gt), "p": float("nan"),
-                     "mean_pred": float("nan")})
+                     "mean_pred": float("nan"), "tau_mflops": float(kendalltau(mflops, gt)[0])})
     boot = _bootstrap(np.array(gt), {k: np.array(v) for k, v in preds.items()}, args.resamples, args.seed)
     for r in rows:
         if r["setting"] in boot["ci95"]:
@@ -277,17 +282,53 @@ def main() -> None:
     print(f"\nKendall τ between standalone top-1 ({args.gt_epochs} epochs, mean of {args.gt_seeds} seeds, range "
           f"{min(gt):.3f}–{max(gt):.3f}) and supernet top-1, {args.n} archs of {args.space} (m = {args.max_paths}), "
           f"{args.data}:")
-    print(f"{'setting':32s} {'tau':>7s} {'95% bootstrap CI':>18s} {'p':>8s} {'mean predicted top-1':>22s}")
+    print(f"{'setting':32s} {'tau':>7s} {'95% bootstrap CI':>18s} {'p':>8s} {'mean predicted top-1':>22s} "
+          f"{'tau vs MFLOPs':>14s}")
     for r in rows:
         ci = f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]" if "ci95" in r else ""
-        print(f"{r['setting']:32s} {r['tau']:7.3f} {ci:>18s} {r['p']:8.4f} {r['mean_pred']:22.3f}")
+        print(f"{r['setting']:32s} {r['tau']:7.3f} {ci:>18s} {r['p']:8.4f} {r['mean_pred']:22.3f} "
+              f"{r['tau_mflops']:14.3f}")
     for cal, b in boot["paired"].items():
         print(f"paired bootstrap τ(shadow) − τ(plain), calibration {cal}: observed {b['observed']:+.3f}, 95 % CI "
               f"[{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}], P(diff ≤ 0) = {b['p_one_sided_diff_le_0']:.3f}")
+    if args.data != "digits":
+        png = out.with_suffix(".png")
+        _plot(gt, preds, rows, mflops, png,
+              f"{args.n} archs of {args.space}, cluttered digits {size} px; ground truth {args.gt_epochs} epochs × "
+              f"{args.gt_seeds} seeds, supernets {args.supernet_epochs} epochs")
+        print(f"wrote {png}")
+
+
+def _plot(gt: list[float], preds: dict[str, list[float]], rows: list[dict], mflops: list[float], png: Path,
+          title: str) -> None:
+    """Ground truth against each supernet setting's prediction (one panel per setting), coloured by MFLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tau = {r["setting"]: r for r in rows}
+    fig, axes = plt.subplots(1, len(SETTINGS), figsize=(3.4 * len(SETTINGS), 3.4), sharex=True)
+    fig.subplots_adjust(wspace=0.35)
+    for ax, setting in zip(axes, SETTINGS):
+        sc = ax.scatter([100 * g for g in gt], [100 * p for p in preds[setting]], c=mflops, cmap="viridis", s=22)
+        r = tau[setting]
+        ci = f" [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]" if "ci95" in r else ""
+        bn, cal = setting.split(",")
+        ax.set_title(f"{bn} BN, {cal} calibration\nτ = {r['tau']:.2f}{ci}", fontsize=9)
+        ax.set_xlabel("standalone test top-1 % (seed mean)", fontsize=8)
+    axes[0].set_ylabel("supernet test top-1 %", fontsize=8)
+    fig.colorbar(sc, ax=axes, label="MFLOPs", shrink=0.8)
+    ceiling = tau.get("ground truth seed 1 vs seed 2", {}).get("tau", float("nan"))
+    fig.suptitle(f"{title}\nthe paper (MixPath, NAS-Bench-101 S4, shadow BN after calibration): τ = 0.597; "
+                 f"the ground truth's own seed-to-seed τ here: {ceiling:.2f}", fontsize=9, y=1.08)
+    artifacts.save_figure(fig, png)
+    plt.close(fig)
 
 
 def sample_archs(space, n: int, seed: int, how: str = "uniform") -> list:
-    """n distinct archs (random.Random(seed)): uniform over the encodings, or stratified over MFLOPs (see --sample)."""
+    """n distinct archs (random.Random(seed)): uniform over the encodings, or stratified or evenly spaced over MFLOPs
+    (see --sample)."""
     rng = random.Random(seed)
     size = n if how == "uniform" else 50 * n
     pool = []
