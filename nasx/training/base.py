@@ -96,14 +96,15 @@ class System(L.LightningModule):
         return (logits.argmax(1) == y).float().mean()
 
 
-def fit_quiet(system: L.LightningModule, data: L.LightningDataModule, epochs: int, seed: int | None = None) -> None:
-    """Fit on one CPU/default device without logger, checkpoints, progress bar or validation: for benchmarks,
-    experiment scripts and tests that train many small models."""
+def fit_quiet(system: L.LightningModule, data: L.LightningDataModule, epochs: int, seed: int | None = None,
+              accelerator: str = "cpu") -> None:
+    """Fit on one device (the CPU unless ``accelerator`` says otherwise) without logger, checkpoints, progress bar or
+    validation: for benchmarks, experiment scripts and tests that train many small models."""
     import logging
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     if seed is not None:
         L.seed_everything(seed, verbose=False)
-    L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    L.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
               num_sanity_val_steps=0).fit(system, datamodule=data)
