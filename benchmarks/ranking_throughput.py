@@ -36,11 +36,10 @@ sys.path.insert(0, str(ROOT))
 from nasx import artifacts  # noqa: E402
 from nasx.data.cluttered import ClutteredDigitsDataModule  # noqa: E402
 from nasx.evaluation import ClassificationEvaluator  # noqa: E402
-from nasx.spaces.mixpath_ib import MixPathIBSpace  # noqa: E402
 from nasx.training.base import fit_quiet  # noqa: E402
 from nasx.training.standalone import StandaloneTraining  # noqa: E402
 from nasx.training.supernet import SupernetTraining  # noqa: E402
-from ranking import DEFAULTS, OPTIM, S1_CPU, sample_archs  # noqa: E402
+from ranking import DEFAULTS, OPTIM, s1_cluttered, sample_archs  # noqa: E402
 
 COUNTS = {"standalone_epochs": 24 * 2 * 5, "supernet_epochs": 2 * 60, "arch_scores": 24 * 4}
 
@@ -68,11 +67,7 @@ def main() -> None:
     print(f"data ready in {time.time() - t:.1f} s", flush=True)
     optim = {**OPTIM, "lr": d["lr"]}
 
-    def space(shadow=True):
-        return MixPathIBSpace(**{**S1_CPU, "in_channels": 3, "input_size": d["image_size"],
-                                 "stem_stride": d["stem_stride"]}, max_paths=2, shadow_bn=shadow)
-
-    sp = space()
+    sp = s1_cluttered(d["image_size"], d["stem_stride"])
     archs = sample_archs(sp, 24, 0, d["sample"])
 
     def timed_fit(system, epochs):

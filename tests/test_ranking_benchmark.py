@@ -16,10 +16,7 @@ sys.path.insert(0, str(ROOT / "experiments" / "data"))
 
 import ranking  # noqa: E402
 import separation  # noqa: E402
-from nasx.spaces.mixpath_ib import MixPathIBSpace  # noqa: E402
 from nasx.spaces.shufflenet import ShuffleNetSpace  # noqa: E402
-
-S1 = {**ranking.S1_CPU, "in_channels": 3, "input_size": 32, "stem_stride": 2}
 
 
 @pytest.mark.parametrize("how", ["uniform", "stratified", "even"])
@@ -36,7 +33,7 @@ def test_sampled_archs_are_distinct_valid_and_reproducible(how):
 def test_even_sampling_spans_the_pool_and_climbs_in_cost():
     """'even' picks the pool's cheapest and dearest archs and targets evenly spaced costs between them, so it covers a
     wider cost range than stratified (quantile) sampling, whose draws crowd at the middle of the distribution."""
-    space = MixPathIBSpace(**S1, max_paths=2)
+    space = ranking.s1_cluttered()
     even = ranking.sample_archs(space, 16, seed=0, how="even")
     strat = ranking.sample_archs(space, 16, seed=0, how="stratified")
     ce = np.array([space.cost(a).mflops for a in even])
@@ -79,7 +76,7 @@ def test_bootstrap_separates_a_perfect_ranker_from_a_reversed_one():
 
 def test_separation_summarises_s1_archs(tmp_path, monkeypatch):
     """separation.py reads the ground truth of either CPU space: seed-to-seed τ, spread and the per-arch costs."""
-    space = MixPathIBSpace(**S1, max_paths=2)
+    space = ranking.s1_cluttered()
     archs = [str(a) for a in ranking.sample_archs(space, 8, seed=0, how="even")]
     seed1 = {a: 0.6 + 0.02 * i for i, a in enumerate(archs)}
     seed2 = {a: 0.61 + 0.02 * i for i, a in enumerate(archs)}

@@ -52,16 +52,14 @@ def main() -> None:
     a = np.array([r1[x] for x in archs])
     b = np.array([r2[x] for x in archs])
     from nasx.arch import Arch
-    from nasx.spaces.mixpath_ib import MixPathIBSpace
     from nasx.spaces.shufflenet import ShuffleNetSpace
-    from ranking import S1_CPU, SHUFFLENET_CPU
+    from ranking import S1_CPU, SHUFFLENET_CPU, s1_cluttered
 
     name = archs[0].split(":", 1)[0]  # the space the archs were drawn from
     if name == SHUFFLENET_CPU["name"]:
         space = ShuffleNetSpace(**SHUFFLENET_CPU)
     elif name == S1_CPU["name"]:  # the cluttered geometry of experiments/mixpath/ranking.py
-        space = MixPathIBSpace(**{**S1_CPU, "in_channels": 3, "input_size": args.image_size,
-                                  "stem_stride": args.stem_stride}, max_paths=2)
+        space = s1_cluttered(args.image_size, args.stem_stride)
     else:
         raise SystemExit(f"{args.json}: archs of an unknown space '{name}'")
     mflops = np.array([space.cost(space.validate(Arch.from_str(x, where="json"))).mflops for x in archs])

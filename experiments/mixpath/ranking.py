@@ -62,6 +62,15 @@ SHUFFLENET_CPU = dict(name="shufflenet_cpu", stage_repeats=[2, 2, 2, 2], stage_c
                       mid_scales=[0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0], input_size=32, stem_stride=1,
                       dropout=0.1, in_channels=3, num_classes=10)  # = conf/space/shufflenet_cpu.yaml (+ _spos)
 OPTIM = dict(lr=0.05, momentum=0.9, weight_decay=4e-5, nesterov=True, schedule="cosine")  # = mixpath_digits
+
+
+def s1_cluttered(image_size: int = 32, stem_stride: int = 2, max_paths: int = 2, shadow: bool = True) -> MixPathIBSpace:
+    """The CPU-sized S1 at the cluttered benchmark's geometry: RGB input of ``image_size`` px, a stride-``stem_stride``
+    stem (the defaults are ``DEFAULTS["cluttered"]``'s)."""
+    return MixPathIBSpace(**{**S1_CPU, "in_channels": 3, "input_size": image_size, "stem_stride": stem_stride},
+                          max_paths=max_paths, shadow_bn=shadow)
+
+
 SETTINGS = ("shadow,after", "plain,after", "shadow,before", "plain,before")
 # per data set: the defaults of the options left unset (digits: the first version's, so ranking.json still reads)
 DEFAULTS = {
@@ -172,9 +181,9 @@ def main() -> None:
     def make_space(shadow: bool = True):
         if args.space == "shufflenet_cpu":
             return ShuffleNetSpace(**{**SHUFFLENET_CPU, "input_size": size})
-        geometry = dict(S1_CPU) if args.data == "digits" else \
-            {**S1_CPU, "in_channels": 3, "input_size": size, "stem_stride": args.stem_stride}
-        return MixPathIBSpace(**geometry, max_paths=args.max_paths, shadow_bn=shadow)
+        if args.data == "digits":
+            return MixPathIBSpace(**S1_CPU, max_paths=args.max_paths, shadow_bn=shadow)
+        return s1_cluttered(size, args.stem_stride, args.max_paths, shadow)
 
     space = make_space()
     archs = sample_archs(space, args.n, args.seed, args.sample)

@@ -40,8 +40,7 @@ sys.path.insert(0, str(ROOT))
 from nasx import artifacts  # noqa: E402
 from nasx.arch import step_rng  # noqa: E402
 from nasx.data.cluttered import ClutteredDigitsDataModule  # noqa: E402
-from nasx.spaces.mixpath_ib import MixPathIBSpace  # noqa: E402
-from ranking import S1_CPU  # noqa: E402
+from ranking import s1_cluttered  # noqa: E402
 
 EASY = dict(scale=(0.75, 0.95), distractors=(0, 1), texture=0.3, rotation=15.0)  # = conf/experiment/reg_nas_digits
 # name -> settings (defaults: m 2, lr 0.1, SGD, 1200 steps, random paths from step 0, the benchmark's data)
@@ -68,7 +67,7 @@ def run(v: dict, seed: int, data_root: str) -> dict:
     if easy_steps:
         easy = ClutteredDigitsDataModule(root=data_root, image_size=32, batch_size=64, seed=seed, **EASY)
         easy.setup()
-    space = MixPathIBSpace(**{**S1_CPU, "in_channels": 3, "input_size": 32, "stem_stride": 2}, max_paths=m)
+    space = s1_cluttered(max_paths=m)
     net = space.supernet().to(memory_format=torch.channels_last)
     if v.get("optimizer") == "adamw":
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.05)
